@@ -1,0 +1,28 @@
+"""zoo: vision attention blocks, attention backbones, ViT and Swin v1/v2 behind one registry.
+
+>>> import zoo
+>>> model = zoo.create("cbam_resnet50")            # same as zoo.create("resnet50", attn="cbam")
+>>> zoo.list_models("swin*")
+"""
+from . import blocks, models  # noqa: F401  (importing them fills the registries)
+from .registry import (
+    create,
+    create_block,
+    get_block,
+    list_blocks,
+    list_models,
+    register_block,
+    register_model,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "create",
+    "create_block",
+    "get_block",
+    "list_blocks",
+    "list_models",
+    "register_block",
+    "register_model",
+]

@@ -1,0 +1,6 @@
+"""Attention blocks, one family per file. Each registers itself with ``@register_block``.
+
+The contract (timm's ``create_attn`` convention): ``Block(channels, **kw)``, NCHW in, same shape
+out, any H x W. Keyword names are shared: ``rd_ratio``, ``rd_channels``, ``act_layer``,
+``norm_layer``, ``gate_layer``. Unknown keywords raise ``TypeError``.
+"""

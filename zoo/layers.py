@@ -1,0 +1,61 @@
+"""Small pieces shared by blocks and models: channel rounding, stochastic depth, input checks."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ["make_divisible", "DropPath", "check_image_input"]
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
+    """Round ``v`` to a multiple of ``divisor`` without going below ``round_limit * v``.
+
+    The same rounding timm and torchvision use for reduced channel counts, so parameter counts
+    match theirs.
+    """
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < round_limit * v:
+        new_v += divisor
+    return new_v
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample, only in training.
+
+    Args:
+        p: probability of dropping a sample's branch.
+
+    Shapes: any ``[B, ...]`` in, same out.
+    """
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def check_image_input(x: torch.Tensor, in_chans: int, min_size: int | tuple[int, int], model: str) -> None:
+    """Raise a ``ValueError`` naming the expected shape when ``x`` cannot go through ``model``.
+
+    Args:
+        x: the input, expected ``[B, in_chans, H, W]``.
+        in_chans: channels the model was built for.
+        min_size: smallest H and W the model accepts (int or ``(h, w)``).
+        model: the model's name for the message.
+    """
+    mh, mw = (min_size, min_size) if isinstance(min_size, int) else min_size
+    if x.ndim != 4 or x.shape[1] != in_chans or x.shape[2] < mh or x.shape[3] < mw:
+        raise ValueError(
+            f"{model} expects input [B, {in_chans}, H, W] with H >= {mh} and W >= {mw}; "
+            f"got {list(x.shape)}."
+        )
