@@ -4,3 +4,4 @@ The contract (timm's ``create_attn`` convention): ``Block(channels, **kw)``, NCH
 out, any H x W. Keyword names are shared: ``rd_ratio``, ``rd_channels``, ``act_layer``,
 ``norm_layer``, ``gate_layer``. Unknown keywords raise ``TypeError``.
 """
+from . import cbam, eca, gc, non_local, se, self_attn  # noqa: F401  (importing registers each block)
