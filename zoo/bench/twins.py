@@ -1,0 +1,134 @@
+"""Which torchvision / timm model is architecturally the same as each zoo model, and native sizes.
+
+A twin is built with random weights (no download). The harness compares parameter counts and
+warns when a twin's differ, so a table entry that drifts from the zoo architecture is visible.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch.nn as nn
+
+__all__ = ["Impl", "twins_for", "native_img_size", "zoo_impl"]
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One implementation in a comparison.
+
+    Attributes:
+        library: ``"zoo"``, ``"torchvision"``, ``"timm"`` (or anything, for tests).
+        name: readable id, e.g. ``"timm:seresnet50"``.
+        factory: ``factory(img_size) -> nn.Module`` building the model for square inputs of that size.
+    """
+
+    library: str
+    name: str
+    factory: Callable[[int], nn.Module]
+
+
+# Native input size by name pattern, for models that do not expose ``default_img_size``.
+_NATIVE_SIZES = (("swin_v2*", 256), ("*", 224))
+
+
+def native_img_size(name: str, model: nn.Module | None = None) -> int:
+    """The input size a model was designed for: its ``default_img_size`` attribute, else by name."""
+    for attr in ("default_img_size", "img_size"):
+        size = getattr(model, attr, None) if model is not None else None
+        if isinstance(size, int):
+            return size
+        if isinstance(size, (tuple, list)) and len(size) == 2 and size[0] == size[1]:
+            return int(size[0])
+    return next(s for pat, s in _NATIVE_SIZES if fnmatch.fnmatchcase(name, pat))
+
+
+def _build_zoo(name: str, img_size: int) -> nn.Module:
+    from ..registry import create
+
+    if img_size == native_img_size(name):
+        return create(name)
+    try:
+        return create(name, img_size=img_size)
+    except TypeError:  # the model takes any input size
+        return create(name)
+
+
+def zoo_impl(name: str) -> Impl:
+    """The zoo model ``name`` as an :class:`Impl`."""
+    return Impl("zoo", f"zoo:{name}", partial(_build_zoo, name))
+
+
+def _build_tv(name: str, img_size: int) -> nn.Module:
+    import torchvision
+
+    kwargs = {"image_size": img_size} if name.startswith("vit") else {}
+    return torchvision.models.get_model(name, **kwargs)
+
+
+def _build_timm(name: str, kwargs: dict, sized: bool, img_size: int) -> nn.Module:
+    import timm
+
+    kwargs = dict(kwargs)
+    if "block_args" in kwargs:  # attention named by zoo block name -> timm module
+        kwargs["block_args"] = {"attn_layer": _timm_attn(kwargs["block_args"])}
+    if sized:
+        kwargs["img_size"] = img_size
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _timm_attn(attn: str):
+    if attn == "cbam":
+        from timm.layers.cbam import CbamModule
+
+        # zoo's CBAM channel MLP has biases (as the paper's reference code); timm's default has none.
+        return partial(CbamModule, mlp_bias=True)
+    if attn == "gc":
+        from timm.layers import GlobalContext
+
+        # the paper's GC block (zoo's): additive fusion only, r=16; timm's default scales instead.
+        return partial(GlobalContext, fuse_add=True, fuse_scale=False, rd_ratio=1 / 16)
+    return attn  # "se", "eca": timm's create_attn names, same construction as zoo's
+
+
+def _tv(name: str) -> Impl:
+    return Impl("torchvision", f"torchvision:{name}", partial(_build_tv, name))
+
+
+def _timm(name: str, sized: bool = False, attn: str | None = None) -> Impl:
+    kwargs = {"block_args": attn} if attn else {}
+    label = f"timm:{name}" + (f"+{attn}" if attn else "")
+    return Impl("timm", label, partial(_build_timm, name, kwargs, sized))
+
+
+_VIT_TIMM = {"vit_t_16": "vit_tiny_patch16_224", "vit_s_16": "vit_small_patch16_224",
+             "vit_b_16": "vit_base_patch16_224", "vit_b_32": "vit_base_patch32_224",
+             "vit_l_16": "vit_large_patch16_224"}
+_SWIN_TIMM = {"swin_t": "swin_tiny_patch4_window7_224", "swin_s": "swin_small_patch4_window7_224",
+              "swin_b": "swin_base_patch4_window7_224", "swin_v2_t": "swinv2_tiny_window8_256",
+              "swin_v2_s": "swinv2_small_window8_256", "swin_v2_b": "swinv2_base_window8_256"}
+_TV_NAMES = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+             "vit_b_16", "vit_b_32", "vit_l_16", "swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s",
+             "swin_v2_b"}
+# Attention ResNets with an identical timm construction: attention after bn3 of every block.
+# Non-local (inserted between blocks) and stand-alone self-attention (replaces the 3x3 conv)
+# have no same-architecture twin.
+_ATTN_RESNET = re.compile(r"^(se|cbam|eca|gc)_(resnet(?:18|34|50|101|152)|resnext50_32x4d)$")
+
+
+def twins_for(name: str) -> list[Impl]:
+    """torchvision / timm models with the same architecture as zoo model ``name`` ([] if none)."""
+    twins = [_tv(name)] if name in _TV_NAMES else []
+    if re.fullmatch(r"resnet(18|34|50|101|152)|resnext50_32x4d", name):
+        twins.append(_timm(name))
+    elif name in _VIT_TIMM:
+        twins.append(_timm(_VIT_TIMM[name], sized=True))
+    elif name in _SWIN_TIMM:
+        twins.append(_timm(_SWIN_TIMM[name], sized=True))
+    elif m := _ATTN_RESNET.match(name):
+        attn, base = m.groups()
+        twins.append(_timm(f"se{base}") if attn == "se" else _timm(base, attn=attn))
+    return twins

@@ -1,0 +1,361 @@
+"""Deep Residual Learning for Image Recognition (arXiv:1512.03385), with an attention slot.
+
+ResNet-18/34/50/101/152 and ResNeXt-50 32x4d (arXiv:1611.05431) in torchvision/timm parameter
+names, plus every registered attention block inserted where its paper puts it:
+
+* ``se`` / ``cbam`` / ``eca`` / ``gc`` (and any other block not listed in ``ATTN_PLACEMENT``):
+  on the residual branch after the last norm, before the addition (module ``attn`` of each block),
+  as in SENet (arXiv:1709.01507), CBAM (arXiv:1807.06521), ECA-Net (arXiv:1910.03151) and GCNet
+  (arXiv:1904.11492).
+* ``nl``, Non-local Neural Networks (arXiv:1711.07971): the paper's "5-block" ResNet-50 setting,
+  "3 to res4 and 2 to res3, to every other residual block"; res3/res4 are torchvision's
+  ``layer2``/``layer3``. A non-local block follows (module ``post_attn``, after the final ReLU)
+  blocks 1 and 3 of ``layer2`` and blocks 1, 3 and 5 of ``layer3`` (``NL_AFTER``); deeper
+  networks get the same five ("in ResNet-101 we add them to the corresponding residual blocks"),
+  ResNet-18 gets two (after ``layer2.1`` and ``layer3.1``).
+* ``sa``, Bottleneck Transformers (BoTNet, arXiv:2101.11605): multi-head self-attention with
+  relative position logits replaces the 3x3 conv (``conv2``) of every block of ``layer4``. In a
+  Bottleneck the first block downsamples, so its attention runs on the ``img_size / 16`` map and
+  average-pools 2x2 (the block's ``stride``); later blocks see ``img_size / 32``. In a BasicBlock
+  (ResNet-18/34) ``conv1`` already downsamples, so every ``conv2`` becomes attention on the
+  ``img_size / 32`` map. The relative position tables are built for ``img_size`` (default 224);
+  other input sizes work (the ``sa`` block crops or resamples its tables), exactly only at it.
+"""
+from __future__ import annotations
+
+import functools
+import re
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+
+from ..layers import DropPath, check_image_input
+from ..registry import create_block, register_model
+
+__all__ = ["ResNet", "BasicBlock", "Bottleneck", "ATTN_PLACEMENT", "NL_AFTER", "filter_fn"]
+
+# Where a block goes. Names not listed go on the residual branch ("residual").
+ATTN_PLACEMENT = {"nl": "post", "sa": "conv2"}
+# Non-local: stage index (1-based, layer{i}) -> block indices it follows.
+NL_AFTER = {2: (1, 3), 3: (1, 3, 5)}
+
+
+def _init_conv(conv: nn.Conv2d) -> None:
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+
+
+def _norm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels)  # weight 1, bias 0 by default
+
+
+class _ResBlock(nn.Module):
+    """What BasicBlock and Bottleneck share: attention slots, drop path, zero-init of the last norm."""
+
+    expansion = 1
+
+    def _attn_slots(self, out_ch: int, attn: str | None, attn_kwargs: dict, post: bool, drop_path: float):
+        place = ATTN_PLACEMENT.get(attn, "residual") if attn else None
+        self.attn = create_block(attn, out_ch, **attn_kwargs) if place == "residual" else None
+        self.post_attn = create_block(attn, out_ch, **attn_kwargs) if place == "post" and post else None
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def _finish(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.attn is not None:
+            out = self.attn(out)
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.act(self.drop_path(out) + shortcut)
+        if self.post_attn is not None:
+            out = self.post_attn(out)
+        return out
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.last_norm().weight)
+
+
+class BasicBlock(_ResBlock):
+    """Two 3x3 convs (ResNet-18/34). Stride on ``conv1``.
+
+    Args:
+        inplanes: input channels.
+        planes: output channels.
+        stride: stride of ``conv1`` (and of the shortcut).
+        downsample: shortcut projection (``Sequential(conv1x1, bn)``) or None for identity.
+        attn: registered block name or None; see the module docstring for where it goes.
+        attn_kwargs: keyword arguments of the block.
+        post: put the ``post``-placed block (``nl``) after this block.
+        sa_feat_size: map size ``conv2`` sees, for ``sa``; None keeps the 3x3 conv.
+        drop_path: stochastic-depth probability of the residual branch.
+        groups, base_width: must be 1 and 64 (kept so both block types share a signature).
+
+    Shapes: ``[B, inplanes, H, W]`` -> ``[B, planes, H / stride, W / stride]``.
+    """
+
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, *, attn=None, attn_kwargs=None,
+                 post=False, sa_feat_size=None, drop_path=0.0, groups=1, base_width=64):
+        super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock supports only groups=1 and base_width=64.")
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = _norm(planes)
+        self.act = nn.ReLU(inplace=True)
+        if sa_feat_size is None:
+            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            _init_conv(self.conv2)
+        else:
+            self.conv2 = create_block("sa", planes, feat_size=sa_feat_size, stride=1, **(attn_kwargs or {}))
+        self.bn2 = _norm(planes)
+        self.downsample = downsample
+        _init_conv(self.conv1)
+        self._attn_slots(planes, attn, attn_kwargs or {}, post, drop_path)
+
+    def last_norm(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self._finish(out, x)
+
+
+class Bottleneck(_ResBlock):
+    """1x1 -> 3x3 (grouped for ResNeXt) -> 1x1, stride on the 3x3 (torchvision's "ResNet v1.5").
+
+    Args: as :class:`BasicBlock`, plus ``groups`` and ``base_width`` (ResNeXt cardinality and
+    width per group: the 3x3 has ``int(planes * base_width / 64) * groups`` channels).
+
+    Shapes: ``[B, inplanes, H, W]`` -> ``[B, 4 * planes, H / stride, W / stride]``.
+    """
+
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, *, attn=None, attn_kwargs=None,
+                 post=False, sa_feat_size=None, drop_path=0.0, groups=1, base_width=64):
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        out_ch = planes * self.expansion
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = _norm(width)
+        if sa_feat_size is None:
+            self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+            _init_conv(self.conv2)
+        else:
+            # BoTNet: attention instead of the 3x3; the block pools 2x2 after attending when stride=2.
+            self.conv2 = create_block("sa", width, feat_size=sa_feat_size, stride=stride, **(attn_kwargs or {}))
+        self.bn2 = _norm(width)
+        self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
+        self.bn3 = _norm(out_ch)
+        self.act = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        _init_conv(self.conv1)
+        _init_conv(self.conv3)
+        self._attn_slots(out_ch, attn, attn_kwargs or {}, post, drop_path)
+
+    def last_norm(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.act(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self._finish(out, x)
+
+
+_BLOCK_TYPES = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+class ResNet(nn.Module):
+    """ResNet / ResNeXt with an optional attention block in every residual block.
+
+    Args:
+        layers: blocks per stage, e.g. ``(3, 4, 6, 3)``.
+        block: ``"basic"`` or ``"bottleneck"``.
+        num_classes: classifier outputs; 0 replaces ``fc`` by ``nn.Identity``.
+        in_chans: input image channels.
+        groups, width_per_group: ResNeXt cardinality and width per group (1, 64 for ResNet).
+        attn: registered block name (``zoo.list_blocks()``) or None; placement per module docstring.
+        attn_kwargs: keyword arguments for the block (``rd_ratio``, ``num_heads``...). For ``sa``
+            the ``feat_size`` and ``stride`` are set from ``img_size`` and the stage and may not be given.
+        img_size: input size the ``sa`` relative position tables are built for (other blocks do not
+            depend on the input size; any ``H, W >= 1`` works).
+        drop_path_rate: stochastic depth, rising linearly from 0 to this over all blocks.
+        zero_init_last: zero the last norm's weight in each block (each block starts as identity).
+
+    Shapes: ``[B, in_chans, H, W]`` -> logits ``[B, num_classes]``; ``forward_features`` gives
+    ``[B, num_features, H / 32, W / 32]`` (``num_features`` is 512 or 2048).
+    """
+
+    def __init__(
+        self,
+        layers: tuple[int, ...] = (3, 4, 6, 3),
+        block: str = "bottleneck",
+        *,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        groups: int = 1,
+        width_per_group: int = 64,
+        attn: str | None = None,
+        attn_kwargs: dict | None = None,
+        img_size: int = 224,
+        drop_path_rate: float = 0.0,
+        zero_init_last: bool = False,
+    ):
+        super().__init__()
+        if block not in _BLOCK_TYPES:
+            raise ValueError(f"block must be one of {sorted(_BLOCK_TYPES)}, got {block!r}.")
+        if len(layers) != 4:
+            raise ValueError(f"layers must give 4 stage depths, got {layers!r}.")
+        attn_kwargs = dict(attn_kwargs or {})
+        place = ATTN_PLACEMENT.get(attn, "residual") if attn else None
+        if place == "conv2" and {"feat_size", "stride"} & set(attn_kwargs):
+            raise TypeError("attn='sa' sets feat_size and stride per block from img_size; pass img_size instead.")
+        block_cls = _BLOCK_TYPES[block]
+        self.in_chans = in_chans
+        self.img_size = img_size
+        self.arch = f"ResNet(layers={tuple(layers)}, block={block!r}, attn={attn!r})"
+        self.grad_checkpointing = False
+
+        self.conv1 = nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
+        self.bn1 = _norm(64)
+        self.act = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        _init_conv(self.conv1)
+
+        total, idx = sum(layers), 0
+        inplanes, feat = 64, -(-img_size // 4)  # map size entering layer1
+        for stage, (depth, planes) in enumerate(zip(layers, (64, 128, 256, 512)), start=1):
+            stride = 1 if stage == 1 else 2
+            blocks = []
+            for i in range(depth):
+                s = stride if i == 0 else 1
+                downsample = None
+                if s != 1 or inplanes != planes * block_cls.expansion:
+                    conv = nn.Conv2d(inplanes, planes * block_cls.expansion, 1, s, bias=False)
+                    _init_conv(conv)
+                    downsample = nn.Sequential(conv, _norm(planes * block_cls.expansion))
+                sa_feat = None
+                if place == "conv2" and stage == 4:
+                    # Bottleneck attends before its stride, BasicBlock after (conv1 strides).
+                    sa_feat = feat if block == "bottleneck" else -(-feat // s)
+                blocks.append(block_cls(
+                    inplanes, planes, s, downsample,
+                    attn=attn if place in ("residual", "post") else None,
+                    attn_kwargs=attn_kwargs,
+                    post=place == "post" and i in NL_AFTER.get(stage, ()),
+                    sa_feat_size=sa_feat,
+                    drop_path=drop_path_rate * idx / max(total - 1, 1),
+                    groups=groups,
+                    base_width=width_per_group,
+                ))
+                inplanes = planes * block_cls.expansion
+                feat = -(-feat // s)
+                idx += 1
+            self.add_module(f"layer{stage}", nn.Sequential(*blocks))
+
+        self.num_features = inplanes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if zero_init_last:
+            for m in self.modules():
+                if isinstance(m, _ResBlock):
+                    m.zero_init_last()
+
+    # --- model API -------------------------------------------------------------------------
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of norm weights and all biases (every parameter with fewer than 2 dims)."""
+        return {n for n, p in self.named_parameters() if p.ndim <= 1}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_chans, H, W]`` -> ``[B, num_features, H / 32, W / 32]``."""
+        # Any size >= 1 goes through (padding, ceil-mode pooling, global mean); `sa` resamples its
+        # position tables when the map differs from the img_size they were built for.
+        check_image_input(x, self.in_chans, 1, self.arch)
+        x = self.maxpool(self.act(self.bn1(self.conv1(x))))
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for blk in stage:
+                if self.grad_checkpointing and torch.is_grad_enabled():
+                    x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+                else:
+                    x = blk(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``[B, C, h, w]`` -> global average pool ``[B, C]`` -> ``fc`` ``[B, num_classes]``."""
+        x = x.mean((2, 3))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# --- checkpoint conversion -------------------------------------------------------------------
+# timm calls the residual-branch attention ``se`` whatever it is, wraps CBAM's spatial conv in a
+# ConvNormAct and GC's MLP in a ConvMlp; torchvision and timm share every other name with zoo.
+_TIMM_RENAMES = (
+    (re.compile(r"\.se\.spatial\.conv\.conv\."), ".attn.spatial.conv."),
+    (re.compile(r"\.se\.spatial\.conv\.bn\."), ".attn.spatial.bn."),
+    (re.compile(r"\.se\.mlp_(?:scale|add)\."), ".attn."),
+    (re.compile(r"\.se\."), ".attn."),
+)
+
+
+def filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Convert a torchvision, timm or zoo ResNet state dict to zoo names.
+
+    torchvision and zoo checkpoints pass unchanged; timm's attention modules (``layerX.Y.se.*``)
+    are renamed to ``layerX.Y.attn.*``: ``seresnet50``, ``resnet*`` built with ``attn_layer`` set to
+    ``"eca"``, ``CbamModule`` (``mlp_bias=True``) or ``GlobalContext(fuse_add=True, fuse_scale=False,
+    rd_ratio=1/16)`` (whose LayerNorm eps is 1e-6: pass ``attn_kwargs=dict(norm_layer=...)``).
+    timm's non-local and BoTNet models place their blocks elsewhere and are not converted.
+    """
+    if not any(".se." in k for k in state_dict):
+        return dict(state_dict)
+    out = {}
+    for k, v in state_dict.items():
+        for pat, rep in _TIMM_RENAMES:
+            k, n = pat.subn(rep, k)
+            if n:
+                break
+        out[k] = v
+    return out
+
+
+# --- registered variants -----------------------------------------------------------------
+_ARCHS = {
+    "resnet18": dict(layers=(2, 2, 2, 2), block="basic"),
+    "resnet34": dict(layers=(3, 4, 6, 3), block="basic"),
+    "resnet50": dict(layers=(3, 4, 6, 3), block="bottleneck"),
+    "resnet101": dict(layers=(3, 4, 23, 3), block="bottleneck"),
+    "resnet152": dict(layers=(3, 8, 36, 3), block="bottleneck"),
+    "resnext50_32x4d": dict(layers=(3, 4, 6, 3), block="bottleneck", groups=32, width_per_group=4),
+}
+# Prefixes registered as ``{prefix}_{arch}``, each fixing ``attn``.
+ATTN_VARIANTS = ("se", "cbam", "eca", "gc", "nl", "sa")
+
+
+def _create_resnet(arch: dict, **kwargs) -> ResNet:
+    return ResNet(**{**arch, **kwargs})  # the caller's kwargs win
+
+
+def _entry(name: str, arch: dict):
+    fn = functools.partial(_create_resnet, arch)
+    fn.__name__, fn.__module__ = name, __name__  # the registry reads these
+    fn.__doc__ = f"{name}: {arch}; keyword arguments override these and go to :class:`ResNet`."
+    return fn
+
+
+for _arch_name, _arch in _ARCHS.items():
+    register_model(_entry(_arch_name, _arch), filter_fn=filter_fn)
+    for _attn in ATTN_VARIANTS:
+        _name = f"{_attn}_{_arch_name}"
+        register_model(_entry(_name, {**_arch, "attn": _attn}), filter_fn=filter_fn)

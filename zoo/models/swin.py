@@ -1,0 +1,615 @@
+"""Swin Transformer (arXiv 2103.14030) and Swin Transformer V2 (arXiv 2111.09883).
+
+Shifted-window backbones v1 and v2 (v2 subclasses v1), their registered variants; the checkpoint
+converters (torchvision / timm / official layouts) live in ``swin_convert.py``.
+
+Activations stay ``[B, H, W, C]``. Feature maps are padded to window multiples (padded keys are
+masked out), so any input of at least one patch works. Parameter names follow timm >= 0.9
+(``layers.i.downsample`` opens stage i), except the classifier, which is ``head`` as in the
+official code and torchvision.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..layers import DropPath, check_image_input
+from ..registry import register_model
+from .swin_convert import checkpoint_filter_fn
+
+__all__ = [
+    "WindowAttention",
+    "WindowAttentionV2",
+    "SwinBlock",
+    "SwinBlockV2",
+    "PatchMerging",
+    "PatchMergingV2",
+    "SwinTransformer",
+    "SwinTransformerV2",
+    "relative_position_index",
+    "relative_coords_table",
+]
+
+_MASK_VALUE = -100.0  # what the official code adds across shifted regions; kept for exact parity
+
+
+def relative_position_index(wh: int, ww: int) -> torch.Tensor:
+    """Index into a ``(2*wh-1) * (2*ww-1)`` relative table for every (query, key) pair.
+
+    Returns:
+        ``[wh*ww, wh*ww]`` long tensor.
+    """
+    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)  # 2, N
+    rel = coords[:, :, None] - coords[:, None, :]  # 2, N, N
+    return (rel[0] + wh - 1) * (2 * ww - 1) + (rel[1] + ww - 1)
+
+
+def relative_coords_table(wh: int, ww: int, norm: tuple[int, int]) -> torch.Tensor:
+    """Log-spaced relative coordinates that Swin v2's ``cpb_mlp`` reads.
+
+    Offsets are divided by ``norm - 1`` (the pre-training window, or the block's window), scaled
+    to [-8, 8] and mapped by ``sign(x) * log2(|x| + 1) / log2(8)``, as the official code.
+
+    Returns:
+        ``[(2*wh-1) * (2*ww-1), 2]`` float32.
+    """
+    h = torch.arange(-(wh - 1), wh, dtype=torch.float32) / max(norm[0] - 1, 1)
+    w = torch.arange(-(ww - 1), ww, dtype=torch.float32) / max(norm[1] - 1, 1)
+    table = torch.stack(torch.meshgrid(h, w, indexing="ij"), dim=-1) * 8  # 2wh-1, 2ww-1, 2
+    table = torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
+    return table.reshape(-1, 2)
+
+
+def _region_mask(H: int, W: int, Hp: int, Wp: int, window: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor | None:
+    """Additive mask ``[nW, N, N]`` for one padded, rolled map; None when nothing is masked.
+
+    Tokens of different shifted regions (labelled by the official slices) must not attend to each
+    other, and padded keys are never attended to.
+    """
+    if shift == (0, 0) and (H, W) == (Hp, Wp):
+        return None
+    (wh, ww), (sh, sw) = window, shift
+    label = torch.zeros(Hp, Wp)
+    for i, hs in enumerate(((0, Hp - wh), (Hp - wh, Hp - sh), (Hp - sh, Hp)) if sh else ((0, Hp),)):
+        for j, ws in enumerate(((0, Wp - ww), (Wp - ww, Wp - sw), (Wp - sw, Wp)) if sw else ((0, Wp),)):
+            label[hs[0]:hs[1], ws[0]:ws[1]] = i * 3 + j
+    # Padding sits at the bottom/right before the roll; find where it lands after it.
+    pad = torch.zeros(Hp, Wp, dtype=torch.bool)
+    pad[H:] = True
+    pad[:, W:] = True
+    pad = torch.roll(pad, (-sh, -sw), (0, 1))
+
+    def windows(t):  # Hp, Wp -> nW, N
+        return t.view(Hp // wh, wh, Wp // ww, ww).transpose(1, 2).reshape(-1, wh * ww)
+
+    label, pad = windows(label), windows(pad)
+    mask = (label[:, :, None] != label[:, None, :]).float() * _MASK_VALUE
+    return mask + pad[:, None, :].float() * _MASK_VALUE  # nW, N, N
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows with a learned relative position bias (v1).
+
+    The relative bias and the shifted-window / padding mask are summed into one additive mask for
+    ``F.scaled_dot_product_attention``. In eval, when no gradient is needed for the bias, that mask
+    is cached per map geometry until a bias parameter changes (tracked by ``_version`` and
+    ``data_ptr``) or the module goes back to training.
+
+    Args:
+        dim: channels C.
+        num_heads: heads; ``dim`` must divide by it.
+        window_size: window side (int) or ``(wh, ww)``; the bias table is sized for it.
+        qkv_bias: bias on the qkv projection.
+        attn_drop: attention dropout (training only).
+        proj_drop: dropout after the output projection (training only).
+
+    Shapes: ``[B * nW, N, C]`` in (N = wh * ww of the window in use), same out.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int | Sequence[int], *, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}.")
+        self.num_heads = num_heads
+        self.window_size = _pair(window_size)
+        self.attn_drop = float(attn_drop)
+        self._init_bias_params()
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self._cache: dict = {}
+        self._cache_key: tuple | None = None
+        self._region_cache: dict = {}  # region masks depend on geometry only: kept across modes
+
+    def _init_bias_params(self) -> None:
+        wh, ww = self.window_size
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), self.num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.register_buffer("relative_position_index", relative_position_index(wh, ww), persistent=False)
+
+    def _bias_params(self) -> list[nn.Parameter]:
+        return [self.relative_position_bias_table]
+
+    def position_bias(self, window: tuple[int, int]) -> torch.Tensor:
+        """Relative position bias ``[heads, N, N]`` for a window no larger than ``window_size``.
+
+        A smaller window (a map smaller than the window) reads the centre of the table: the
+        offsets it can see, with the values the model learned for them.
+        """
+        Wh, Ww = self.window_size
+        wh, ww = window
+        table = self.relative_position_bias_table
+        index = self.relative_position_index
+        if window != self.window_size:
+            table = table.view(2 * Wh - 1, 2 * Ww - 1, -1)[Wh - wh:Wh + wh - 1, Ww - ww:Ww + ww - 1].reshape(-1, self.num_heads)
+            index = relative_position_index(wh, ww).to(table.device)
+        N = wh * ww
+        return table[index.view(-1)].view(N, N, -1).permute(2, 0, 1)  # heads, N, N
+
+    def _project_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.qkv(x)
+
+    def _prepare_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+        return q, k, None  # SDPA's default scale, head_dim ** -0.5, is v1's
+
+    def attn_mask(self, geometry: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Bias plus region mask, ``[nW or 1, heads, N, N]`` in ``dtype``.
+
+        ``geometry`` is ``(H, W, Hp, Wp, window, shift)`` of the (padded) map.
+        """
+        cached = not self.training and not (
+            torch.is_grad_enabled() and any(p.requires_grad for p in self._bias_params()))
+        if not cached:
+            return self._build_mask(geometry, dtype, device)
+        version = tuple((p.data_ptr(), p._version) for p in self._bias_params())
+        if version != self._cache_key or len(self._cache) > 32:
+            self._cache, self._cache_key = {}, version
+        key = (geometry, dtype, device)
+        mask = self._cache.get(key)
+        if mask is None:
+            # Built outside inference mode so a cached mask can serve later autograd-enabled calls.
+            with torch.inference_mode(False), torch.no_grad():
+                mask = self._cache[key] = self._build_mask(geometry, dtype, device)
+        return mask
+
+    def _build_mask(self, geometry: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        H, W, Hp, Wp, window, shift = geometry
+        bias = self.position_bias(window)  # heads, N, N
+        key = (geometry, device)
+        if key not in self._region_cache:
+            if len(self._region_cache) > 32:
+                self._region_cache.clear()
+            with torch.inference_mode(False):
+                region = _region_mask(H, W, Hp, Wp, window, shift)
+                self._region_cache[key] = None if region is None else region.to(device)
+        region = self._region_cache[key]
+        if region is None:
+            return bias.to(dtype)[None]  # 1, heads, N, N
+        return (bias[None] + region[:, None]).to(dtype)  # nW, heads, N, N
+
+    def forward(self, x: torch.Tensor, geometry: tuple) -> torch.Tensor:
+        Bw, N, C = x.shape
+        qkv = self._project_qkv(x).view(Bw, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each B*nW, heads, N, head_dim
+        q, k, scale = self._prepare_qk(q, k)
+        mask = self.attn_mask(geometry, q.dtype, q.device)
+        if mask.shape[0] not in (1, Bw):
+            # CPU's fused SDPA kernels need a 4-D mask with batch 1 or B * nW (a 5-D view or a
+            # broadcast 3-D mask falls back to a much slower path), hence the copy over B.
+            mask = mask.repeat(Bw // mask.shape[0], 1, 1, 1)  # B * nW, heads, N, N
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                           dropout_p=self.attn_drop if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(Bw, N, C)  # B*nW, N, C
+        return self.proj_drop(self.proj(x))
+
+    def train(self, mode: bool = True):
+        self._cache, self._cache_key = {}, None
+        return super().train(mode)
+
+
+class WindowAttentionV2(WindowAttention):
+    """Scaled cosine attention with a continuous position bias (Swin v2).
+
+    Differences from v1: q and k are L2-normalised and the logits scaled by a learned per-head
+    ``exp(min(logit_scale, log 100))`` (folded into q, so SDPA runs with ``scale=1``); the bias is
+    ``16 * sigmoid(cpb_mlp(log-spaced coords))``; qkv has q and v biases only.
+
+    Args:
+        pretrained_window_size: window the coordinates are normalised by (0: ``window_size``).
+            A model pre-trained with window 8 and fine-tuned with window 16 keeps 8 here.
+        others: as :class:`WindowAttention`.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int | Sequence[int], *, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, pretrained_window_size: int | Sequence[int] = 0):
+        self.pretrained_window_size = _pair(pretrained_window_size)
+        super().__init__(dim, num_heads, window_size, qkv_bias=False, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.logit_scale = nn.Parameter(torch.full((num_heads, 1, 1), math.log(10.0)))
+        if qkv_bias:
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.q_bias = self.v_bias = None
+
+    def _init_bias_params(self) -> None:
+        wh, ww = self.window_size
+        self.cpb_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(inplace=True), nn.Linear(512, self.num_heads, bias=False))
+        self.register_buffer("relative_coords_table", relative_coords_table(wh, ww, self._coords_norm((wh, ww))), persistent=False)
+        self.register_buffer("relative_position_index", relative_position_index(wh, ww), persistent=False)
+
+    def _coords_norm(self, window: tuple[int, int]) -> tuple[int, int]:
+        return self.pretrained_window_size if self.pretrained_window_size[0] > 0 else window
+
+    def _bias_params(self) -> list[nn.Parameter]:
+        return list(self.cpb_mlp.parameters())
+
+    def position_bias(self, window: tuple[int, int]) -> torch.Tensor:
+        # A shrunk window evaluates the MLP on its own offsets, normalised as the official code does:
+        # by the pre-training window if given, else by the shrunk window itself (the rule the
+        # checkpoints of models whose last stage is smaller than the window were trained with).
+        coords, index = self.relative_coords_table, self.relative_position_index
+        if window != self.window_size:
+            coords = relative_coords_table(*window, self._coords_norm(window)).to(coords.device)
+            index = relative_position_index(*window).to(coords.device)
+        N = window[0] * window[1]
+        table = self.cpb_mlp(coords)  # T, heads
+        return 16 * torch.sigmoid(table[index.view(-1)].view(N, N, -1).permute(2, 0, 1))  # heads, N, N
+
+    def _project_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        if self.q_bias is None:
+            return F.linear(x, self.qkv.weight)
+        bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        return F.linear(x, self.qkv.weight, bias)
+
+    def _prepare_qk(self, q, k):
+        scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()  # heads, 1, 1
+        return F.normalize(q, dim=-1) * scale.to(q.dtype), F.normalize(k, dim=-1), 1.0
+
+
+class Mlp(nn.Module):
+    """Linear - GELU - dropout - Linear - dropout, on the last dimension."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class SwinBlock(nn.Module):
+    """(Shifted-)window attention and MLP, each in a pre-norm residual (v1).
+
+    When the map is no larger than the window along an axis, the window shrinks to the map and the
+    shift along that axis is dropped (the official rule, applied per axis).
+
+    Args:
+        dim: channels C.
+        num_heads: attention heads.
+        window_size: window side.
+        shift: True for the shifted block (shift = window // 2).
+        mlp_ratio: MLP hidden width over C.
+        drop, attn_drop, drop_path: dropout after projections, attention dropout, stochastic depth.
+        attn_kwargs: extra keyword arguments for the attention (v2: ``pretrained_window_size``).
+
+    Shapes: ``[B, H, W, C]`` in and out.
+    """
+
+    attn_layer = WindowAttention
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, *, shift: bool = False, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+                 attn_kwargs: dict | None = None):
+        super().__init__()
+        self.window_size = _pair(window_size)
+        self.shift_size = tuple(w // 2 for w in self.window_size) if shift else (0, 0)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = self.attn_layer(dim, num_heads, window_size, qkv_bias=qkv_bias, attn_drop=attn_drop,
+                                    proj_drop=drop, **(attn_kwargs or {}))
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def window_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad, roll, partition, attend, and undo: ``[B, H, W, C]`` -> same."""
+        B, H, W, C = x.shape
+        wh, ww = (min(H, self.window_size[0]), min(W, self.window_size[1]))
+        sh = self.shift_size[0] if H > self.window_size[0] else 0
+        sw = self.shift_size[1] if W > self.window_size[1] else 0
+        ph, pw = -H % wh, -W % ww
+        if ph or pw:
+            x = F.pad(x, (0, 0, 0, pw, 0, ph))
+        Hp, Wp = H + ph, W + pw
+        if sh or sw:
+            x = torch.roll(x, (-sh, -sw), (1, 2))
+        x = x.view(B, Hp // wh, wh, Wp // ww, ww, C).transpose(2, 3).reshape(-1, wh * ww, C)  # B*nW, N, C
+        x = self.attn(x, (H, W, Hp, Wp, (wh, ww), (sh, sw)))
+        x = x.view(B, Hp // wh, Wp // ww, wh, ww, C).transpose(2, 3).reshape(B, Hp, Wp, C)
+        if sh or sw:
+            x = torch.roll(x, (sh, sw), (1, 2))
+        return x[:, :H, :W] if (ph or pw) else x
+
+    def attn_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.window_attention(self.norm1(x))
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm2(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn_branch(x))
+        return x + self.drop_path(self.mlp_branch(x))
+
+
+class SwinBlockV2(SwinBlock):
+    """Swin v2 block: residual post-norm, the norm applied to each branch's output.
+
+    The norms start at zero, as the official code does, so every block starts as the identity.
+    """
+
+    attn_layer = WindowAttentionV2
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for norm in (self.norm1, self.norm2):
+            nn.init.zeros_(norm.weight)
+            nn.init.zeros_(norm.bias)
+
+    def attn_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm1(self.window_attention(x))
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm2(self.mlp(x))
+
+
+class PatchMerging(nn.Module):
+    """Concatenate each 2x2 neighbourhood, then LayerNorm(4C) and Linear(4C -> out) (v1).
+
+    Odd sides are zero-padded. Shapes: ``[B, H, W, C]`` -> ``[B, ceil(H/2), ceil(W/2), out]``.
+    """
+
+    def __init__(self, dim: int, out_dim: int | None = None):
+        super().__init__()
+        out_dim = out_dim or 2 * dim
+        self.norm = nn.LayerNorm(self._norm_dim(dim, out_dim))
+        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
+
+    def _norm_dim(self, dim: int, out_dim: int) -> int:
+        return 4 * dim
+
+    @staticmethod
+    def merge(x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        if H % 2 or W % 2:
+            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+            B, H, W, C = x.shape
+        # Channel order (0,0), (1,0), (0,1), (1,1) by (row, col) offset: the official x0..x3.
+        return x.view(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).reshape(B, H // 2, W // 2, 4 * C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reduction(self.norm(self.merge(x)))
+
+
+class PatchMergingV2(PatchMerging):
+    """Swin v2 patch merging: the norm comes after the reduction, on ``out`` channels."""
+
+    def _norm_dim(self, dim: int, out_dim: int) -> int:
+        return out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.reduction(self.merge(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection and LayerNorm: ``[B, C_in, H, W]`` -> ``[B, H/p, W/p, D]``.
+
+    Sides that are not multiples of the patch are zero-padded.
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch_size
+        if x.shape[-2] % p or x.shape[-1] % p:
+            x = F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))  # B, H/p, W/p, D
+
+
+class SwinStage(nn.Module):
+    """Optional patch merging (first, as in timm >= 0.9), then ``depth`` blocks alternating shift."""
+
+    def __init__(self, dim: int, out_dim: int, depth: int, num_heads: int, *, downsample: bool,
+                 block_cls: type[SwinBlock], merge_cls: type[PatchMerging], drop_path: Sequence[float], **block_kwargs):
+        super().__init__()
+        self.downsample = merge_cls(dim, out_dim) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[
+            block_cls(out_dim, num_heads, shift=i % 2 == 1, drop_path=drop_path[i], **block_kwargs)
+            for i in range(depth)
+        ])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        for blk in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x
+
+
+class SwinTransformer(nn.Module):
+    """Swin Transformer v1 backbone and classifier.
+
+    Args:
+        num_classes: classifier outputs (0: ``forward`` returns pooled features).
+        in_chans: input channels.
+        patch_size: patch side of the stem.
+        embed_dim: channels of stage 1; each stage doubles them.
+        depths: blocks per stage.
+        num_heads: heads per stage.
+        window_size: attention window side.
+        mlp_ratio: MLP hidden width over channels.
+        qkv_bias: bias on qkv (v2: the q and v biases).
+        drop_rate, attn_drop_rate, drop_path_rate: dropout, attention dropout, and the final
+            stochastic-depth rate (linear over blocks).
+
+    Shapes: ``[B, in_chans, H, W]`` with H, W >= ``patch_size`` -> ``[B, num_classes]``.
+    """
+
+    block_cls: type[SwinBlock] = SwinBlock
+    merge_cls: type[PatchMerging] = PatchMerging
+
+    def __init__(self, *, num_classes: int = 1000, in_chans: int = 3, patch_size: int = 4, embed_dim: int = 96,
+                 depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int = 7,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.1):
+        super().__init__()
+        if len(depths) != len(num_heads):
+            raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} need one entry per stage.")
+        self.num_classes, self.in_chans, self.patch_size = num_classes, in_chans, patch_size
+        self.window_size = window_size
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
+        n = sum(depths)
+        dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # linear, as torch.linspace
+        dims = [embed_dim * 2**i for i in range(len(depths))]
+        self.layers = nn.Sequential(*[
+            SwinStage(dims[max(i - 1, 0)], dims[i], depths[i], num_heads[i], downsample=i > 0,
+                      block_cls=self.block_cls, merge_cls=self.merge_cls,
+                      drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], window_size=window_size,
+                      mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
+                      **self._stage_kwargs(i))
+            for i in range(len(depths))
+        ])
+        self.num_features = dims[-1]
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    def _stage_kwargs(self, i: int) -> dict:
+        return {}
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Norms, biases, relative position tables, logit scales and the cpb MLP."""
+        keys = ("relative_position_bias_table", "logit_scale", "cpb_mlp", "q_bias", "v_bias")
+        return {n for n, p in self.named_parameters() if p.ndim <= 1 or any(k in n for k in keys)}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            self._init_weights(self.head)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_chans, H, W]`` -> normed ``[B, H', W', num_features]``."""
+        check_image_input(x, self.in_chans, self.patch_size, type(self).__name__)
+        return self.norm(self.layers(self.patch_embed(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Average over H and W, then the classifier: ``[B, H, W, C]`` -> ``[B, num_classes]``."""
+        x = self.head_drop(x.mean(dim=(1, 2)))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class SwinTransformerV2(SwinTransformer):
+    """Swin Transformer v2: post-norm blocks, cosine attention, continuous position bias.
+
+    Args:
+        pretrained_window_size: window each stage was pre-trained with (int or one per stage; 0
+            means the stage's own window), normalising the cpb coordinates as the official code.
+        others: as :class:`SwinTransformer`.
+    """
+
+    block_cls = SwinBlockV2
+    merge_cls = PatchMergingV2
+
+    def __init__(self, *, pretrained_window_size: int | Sequence[int] = 0, **kwargs):
+        depths = kwargs.get("depths", (2, 2, 6, 2))
+        pws = pretrained_window_size
+        self.pretrained_window_size = (pws,) * len(depths) if isinstance(pws, int) else tuple(pws)
+        if len(self.pretrained_window_size) != len(depths):
+            raise ValueError(f"pretrained_window_size {pws} needs one entry per stage ({len(depths)}).")
+        super().__init__(**kwargs)
+
+    def _stage_kwargs(self, i: int) -> dict:
+        return {"attn_kwargs": {"pretrained_window_size": self.pretrained_window_size[i]}}
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _swin(cls: type[SwinTransformer], defaults: dict, kwargs: dict) -> SwinTransformer:
+    return cls(**{**defaults, **kwargs})
+
+
+_T = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
+_S = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))
+_B = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
+
+
+@register_model(filter_fn=checkpoint_filter_fn)
+def swin_t(**kwargs) -> SwinTransformer:
+    """Swin-T, window 7 at 224 (28.3 M parameters)."""
+    return _swin(SwinTransformer, {**_T, "window_size": 7, "drop_path_rate": 0.2}, kwargs)
+
+
+@register_model(filter_fn=checkpoint_filter_fn)
+def swin_s(**kwargs) -> SwinTransformer:
+    """Swin-S, window 7 at 224."""
+    return _swin(SwinTransformer, {**_S, "window_size": 7, "drop_path_rate": 0.3}, kwargs)
+
+
+@register_model(filter_fn=checkpoint_filter_fn)
+def swin_b(**kwargs) -> SwinTransformer:
+    """Swin-B, window 7 at 224."""
+    return _swin(SwinTransformer, {**_B, "window_size": 7, "drop_path_rate": 0.5}, kwargs)
+
+
+@register_model(filter_fn=checkpoint_filter_fn)
+def swin_v2_t(**kwargs) -> SwinTransformerV2:
+    """SwinV2-T, window 8 at 256 (28.3 M parameters)."""
+    return _swin(SwinTransformerV2, {**_T, "window_size": 8, "drop_path_rate": 0.2}, kwargs)
+
+
+@register_model(filter_fn=checkpoint_filter_fn)
+def swin_v2_s(**kwargs) -> SwinTransformerV2:
+    """SwinV2-S, window 8 at 256."""
+    return _swin(SwinTransformerV2, {**_S, "window_size": 8, "drop_path_rate": 0.3}, kwargs)
+
+
+@register_model(filter_fn=checkpoint_filter_fn)
+def swin_v2_b(**kwargs) -> SwinTransformerV2:
+    """SwinV2-B, window 8 at 256."""
+    return _swin(SwinTransformerV2, {**_B, "window_size": 8, "drop_path_rate": 0.5}, kwargs)

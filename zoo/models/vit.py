@@ -1,0 +1,390 @@
+"""An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale (arXiv 2010.11929).
+
+Vision Transformer backbone (DeiT widths for the small ones, arXiv 2012.12877), its registered
+variants, and the converter that loads torchvision, timm or zoo checkpoints into it.
+
+Parameter names follow timm's (``patch_embed.proj``, ``cls_token``, ``pos_embed``,
+``blocks.i.attn.qkv`` ...), so timm checkpoints load unchanged and torchvision ones are renamed.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..layers import DropPath, check_image_input
+from ..registry import register_model
+
+__all__ = ["VisionTransformer", "resample_pos_embed", "checkpoint_filter_fn"]
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """Bicubically resample a position table to another patch grid, keeping the class token's entry.
+
+    Same resampling as timm (bicubic, antialiased when shrinking, ``align_corners=False``), so a
+    checkpoint resampled here matches one timm resampled. torchvision's own resizing uses
+    ``align_corners=True`` and differs slightly.
+
+    Args:
+        pos_embed: ``[1, 1 + Ho * Wo, C]``, class token first.
+        new_grid: ``(Hn, Wn)`` target patch grid.
+        old_grid: ``(Ho, Wo)``; square is assumed when None.
+
+    Returns:
+        ``[1, 1 + Hn * Wn, C]`` in the input's dtype.
+    """
+    n_old = pos_embed.shape[1] - 1
+    if old_grid is None:
+        side = int(round(n_old**0.5))
+        if side * side != n_old:
+            raise ValueError(f"pos_embed has {n_old} patch positions, not a square grid; pass old_grid.")
+        old_grid = (side, side)
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    cls_pos, grid_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    C = pos_embed.shape[-1]
+    grid_pos = grid_pos.float().reshape(1, old_grid[0], old_grid[1], C).permute(0, 3, 1, 2)  # 1, C, Ho, Wo
+    grid_pos = F.interpolate(grid_pos, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=True)
+    grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(1, -1, C).to(pos_embed.dtype)  # 1, Hn * Wn, C
+    return torch.cat([cls_pos, grid_pos], dim=1)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection.
+
+    Args:
+        dim: token width C.
+        num_heads: heads; ``dim`` must divide by it.
+        attn_drop: dropout on attention weights (training only).
+        proj_drop: dropout after the output projection (training only).
+
+    Shapes: ``[B, N, C]`` in, ``[B, N, C]`` out.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} must be divisible by num_heads {num_heads}.")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.attn_drop = float(attn_drop)
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        # Views only: SDPA reads the strided q, k, v directly, no copy before the kernel.
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3, B, heads, N, hd
+        q, k, v = qkv.unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(B, N, C)  # B, N, heads * hd
+        return self.proj_drop(self.proj(x))
+
+
+class Mlp(nn.Module):
+    """Two-layer GELU MLP: ``fc1 -> GELU -> dropout -> fc2 -> dropout``; ``[B, N, C]`` in and out."""
+
+    def __init__(self, dim: int, hidden: int, *, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = float(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.fc1(x))
+        if self.drop > 0 and self.training:
+            x = F.dropout(x, self.drop, True)
+        x = self.fc2(x)
+        if self.drop > 0 and self.training:
+            x = F.dropout(x, self.drop, True)
+        return x
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
+
+    Args:
+        dim: token width C.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width as a multiple of ``dim``.
+        drop: dropout after the attention projection and in the MLP.
+        attn_drop: dropout on attention weights.
+        drop_path: stochastic depth rate of both residual branches.
+
+    Shapes: ``[B, N, C]`` in, ``[B, N, C]`` out.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, drop: float = 0.0,
+                 attn_drop: float = 0.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, attn_drop=attn_drop, proj_drop=drop)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping ``patch_size`` patches projected to ``embed_dim`` by a strided conv.
+
+    An input that is not a multiple of the patch is floor-cropped by the conv (the right and bottom
+    remainder is ignored), as in timm and torchvision.
+
+    Shapes: ``[B, in_chans, H, W]`` in, ``[B, embed_dim, H // p, W // p]`` out.
+    """
+
+    def __init__(self, patch_size: tuple[int, int], in_chans: int, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class VisionTransformer(nn.Module):
+    """ViT: patch tokens plus a class token, learned absolute positions, pre-norm blocks.
+
+    Any input size of at least one patch works: when its patch grid differs from the one the model
+    was built for, the position table is bicubically resampled to it (the parameter is never
+    changed; in inference the resampled table is cached per grid).
+
+    Args:
+        img_size: size the position table is built for (int or ``(H, W)``).
+        patch_size: patch side (int or ``(h, w)``).
+        in_chans: input channels.
+        num_classes: classifier outputs; 0 makes ``forward`` return pooled features.
+        global_pool: ``"token"`` (class token) or ``"avg"`` (mean of the normed patch tokens).
+        embed_dim: token width C.
+        depth: number of blocks.
+        num_heads: attention heads per block.
+        mlp_ratio: MLP hidden width / C.
+        drop_rate: dropout after the position embedding, in the blocks and before the head.
+        attn_drop_rate: dropout on attention weights.
+        drop_path_rate: stochastic depth, rising linearly from 0 to this over the blocks.
+    """
+
+    def __init__(
+        self,
+        *,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int | tuple[int, int] = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "token",
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}.")
+        self.img_size = _pair(img_size)
+        self.patch_size = _pair(patch_size)
+        self.grid_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        if min(self.grid_size) < 1:
+            raise ValueError(f"img_size {self.img_size} is smaller than one patch {self.patch_size}.")
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.embed_dim = embed_dim
+        self.drop_rate = float(drop_rate)
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(self.patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size[0] * self.grid_size[1], embed_dim))
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear 0 -> rate
+        self.blocks = nn.Sequential(*[
+            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop=drop_rate, attn_drop=attn_drop_rate, drop_path=p)
+            for p in dpr
+        ])
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._pos_cache: dict[tuple[int, int], tuple[tuple, torch.Tensor]] = {}
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        # Patch projection as a Linear over the flattened patch (LeCun-normal in the JAX original).
+        w = self.patch_embed.proj.weight
+        nn.init.trunc_normal_(w, std=(1.0 / w[0].numel()) ** 0.5)
+        nn.init.zeros_(self.patch_embed.proj.bias)
+
+    # ---- API ---------------------------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters to keep out of weight decay: positions, class token, norms, biases."""
+        # Every 1-D parameter of a ViT is a LayerNorm weight or a bias.
+        return {"pos_embed", "cls_token"} | {n for n, p in self.named_parameters() if p.ndim <= 1}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward to save memory (non-reentrant)."""
+        self.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head with a fresh one for ``num_classes`` (0: identity), optionally the pooling."""
+        if global_pool is not None:
+            if global_pool not in ("token", "avg"):
+                raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}.")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    # ---- forward -----------------------------------------------------------------------------
+    def _pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The position table for a patch grid: ``[1, 1 + gh * gw, C]``."""
+        if grid == self.grid_size:
+            return self.pos_embed
+        if self.training or torch.is_grad_enabled():
+            return resample_pos_embed(self.pos_embed, grid, self.grid_size)
+        # Inference: reuse the resampled table while the parameter is unchanged (in-place updates
+        # such as load_state_dict or an optimizer step bump its version; .to() changes its storage).
+        p = self.pos_embed
+        stamp = (p._version, p.data_ptr(), p.device, p.dtype)
+        stamped, pos = self._pos_cache.get(grid, (None, None))
+        if stamped != stamp:
+            if len(self._pos_cache) >= 8:  # a handful of sizes at most; don't grow without bound
+                self._pos_cache.clear()
+            pos = resample_pos_embed(p.detach(), grid, self.grid_size)
+            self._pos_cache[grid] = (stamp, pos)
+        return pos
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens after the final norm.
+
+        Args:
+            x: ``[B, in_chans, H, W]`` with H, W >= the patch size.
+
+        Returns:
+            ``[B, 1 + (H // p) * (W // p), C]``, class token first.
+        """
+        check_image_input(x, self.in_chans, self.patch_size, type(self).__name__)
+        x = self.patch_embed(x)  # B, C, gh, gw
+        grid = (x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2)  # B, N, C
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # B, 1 + N, C
+        x = x + self._pos_embed_for(grid)
+        if self.drop_rate > 0 and self.training:
+            x = F.dropout(x, self.drop_rate, True)
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            for blk in self.blocks:
+                x = checkpoint(blk, x, use_reentrant=False)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool tokens ``[B, 1 + N, C]`` to ``[B, C]``, then classify to ``[B, num_classes]``
+        unless ``pre_logits``."""
+        x = x[:, 1:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
+        if self.drop_rate > 0 and self.training:
+            x = F.dropout(x, self.drop_rate, True)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_chans, H, W]`` -> logits ``[B, num_classes]`` (pooled ``[B, C]`` if num_classes=0)."""
+        return self.forward_head(self.forward_features(x))
+
+
+# ---- checkpoint conversion -----------------------------------------------------------------------
+_TV_RENAMES = [
+    (r"^class_token$", "cls_token"),
+    (r"^conv_proj\.", "patch_embed.proj."),
+    (r"^encoder\.pos_embedding$", "pos_embed"),
+    (r"^encoder\.ln\.", "norm."),
+    (r"^heads\.head\.", "head."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.", r"blocks.\1."),
+    (r"\.ln_1\.", ".norm1."),
+    (r"\.ln_2\.", ".norm2."),
+    (r"\.self_attention\.in_proj_weight$", ".attn.qkv.weight"),
+    (r"\.self_attention\.in_proj_bias$", ".attn.qkv.bias"),
+    (r"\.self_attention\.out_proj\.", ".attn.proj."),
+    # torchvision >= 0.13 names the MLP linears mlp.0 / mlp.3; older files say linear_1 / linear_2.
+    (r"\.mlp\.(0|linear_1)\.", ".mlp.fc1."),
+    (r"\.mlp\.(3|linear_2)\.", ".mlp.fc2."),
+]
+
+
+def _rename(key: str, rules) -> str:
+    for pattern, repl in rules:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VisionTransformer) -> dict[str, torch.Tensor]:
+    """Convert a torchvision, timm or zoo ViT state dict to this model's names and grid.
+
+    Layout is detected from the keys: torchvision has ``class_token``/``conv_proj``; timm's names are
+    zoo's own. The position table is bicubically resampled when the checkpoint's grid differs from
+    the model's (e.g. a 224 checkpoint into ``img_size=384``).
+    """
+    if "class_token" in state_dict or "conv_proj.weight" in state_dict:
+        state_dict = {_rename(k, _TV_RENAMES): v for k, v in state_dict.items()}
+    out = dict(state_dict)
+    pos = out.get("pos_embed")
+    if pos is not None and pos.ndim == 3 and tuple(pos.shape) != tuple(model.pos_embed.shape):
+        out["pos_embed"] = resample_pos_embed(pos, model.grid_size)
+    return out
+
+
+# ---- registered variants -------------------------------------------------------------------------
+def _create_vit(**kwargs) -> VisionTransformer:
+    return VisionTransformer(**kwargs)
+
+
+@register_model(filter_fn=checkpoint_filter_fn)
+def vit_t_16(**kwargs) -> VisionTransformer:
+    """ViT-Ti/16 (DeiT-Tiny widths): 192 wide, 12 deep, 3 heads, 5.7M parameters."""
+    return _create_vit(**{**dict(patch_size=16, embed_dim=192, depth=12, num_heads=3), **kwargs})
+
+
+@register_model(filter_fn=checkpoint_filter_fn)
+def vit_s_16(**kwargs) -> VisionTransformer:
+    """ViT-S/16 (DeiT-Small widths): 384 wide, 12 deep, 6 heads, 22.1M parameters."""
+    return _create_vit(**{**dict(patch_size=16, embed_dim=384, depth=12, num_heads=6), **kwargs})
+
+
+@register_model(filter_fn=checkpoint_filter_fn)
+def vit_b_16(**kwargs) -> VisionTransformer:
+    """ViT-B/16: 768 wide, 12 deep, 12 heads, 86.6M parameters."""
+    return _create_vit(**{**dict(patch_size=16, embed_dim=768, depth=12, num_heads=12), **kwargs})
+
+
+@register_model(filter_fn=checkpoint_filter_fn)
+def vit_b_32(**kwargs) -> VisionTransformer:
+    """ViT-B/32: ViT-B with 32-pixel patches, 88.2M parameters."""
+    return _create_vit(**{**dict(patch_size=32, embed_dim=768, depth=12, num_heads=12), **kwargs})
+
+
+@register_model(filter_fn=checkpoint_filter_fn)
+def vit_l_16(**kwargs) -> VisionTransformer:
+    """ViT-L/16: 1024 wide, 24 deep, 16 heads, 304.3M parameters."""
+    return _create_vit(**{**dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16), **kwargs})
