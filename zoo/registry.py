@@ -127,8 +127,11 @@ def create(
 
     Args:
         name: a name from :func:`list_models`.
-        pretrained: False, or a checkpoint to load: a local ``.pth``/``.pt``/``.bin``/``.safetensors``
-            path in torchvision, timm, official or zoo layout (detected and converted).
+        pretrained: False; True for the default catalog tag (``zoo.list_pretrained(name)``); a tag
+            (``"tv2_in1k"``) or catalog key (``"resnet50.tv2_in1k"``, also of the plain backbone of an
+            attention variant: its blocks are retrofitted as the identity); a URL; or a local
+            ``.pth``/``.pt``/``.bin``/``.safetensors`` path in torchvision, timm, official or zoo layout.
+            Downloads are cached and hash-checked (zoo.weights.download).
         num_classes: classifier outputs; 0 gives pooled features from ``forward``.
         in_chans: input image channels.
         **kwargs: architecture overrides for the entry point; unknown ones raise ``TypeError``.
@@ -137,9 +140,12 @@ def create(
         The model, in train mode as ``nn.Module`` constructors leave it.
     """
     entry = get_model_entry(name)
+    if pretrained:
+        from .weights import load_pretrained, pretrained_kwargs
+
+        kwargs = pretrained_kwargs(name, pretrained, kwargs)
     model = entry.fn(num_classes=num_classes, in_chans=in_chans, **kwargs)
     if pretrained:
-        from .weights import load_pretrained
-
-        load_pretrained(model, pretrained, filter_fn=entry.filter_fn, model_name=name)
+        # What was loaded, re-initialised, adapted or retrofitted, and the catalog entry used.
+        model.load_report = load_pretrained(model, pretrained, filter_fn=entry.filter_fn, model_name=name)
     return model

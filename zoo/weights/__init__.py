@@ -1,8 +1,26 @@
-"""Checkpoint reading, layout conversion and loading (downloads and the catalog build on this)."""
+"""Checkpoint reading, layout conversion and loading, the weight catalog, safe downloads, retrofit."""
+from .catalog import PretrainedCfg, class_names, list_pretrained, pretrained_cfg
+from .download import DownloadError, HashMismatchError, OfflineError, cache_dir
 from .io import UnsafeCheckpointError, read_state_dict, unwrap_state_dict
-from .loading import CheckpointMismatchError, LoadReport, load_pretrained, load_state_dict_into
+from .loading import (
+    CheckpointMismatchError,
+    LoadReport,
+    load_pretrained,
+    load_state_dict_into,
+    pretrained_kwargs,
+    resolve_source,
+)
+from .retrofit import ResidualGate, RetrofitError
 
 __all__ = [
+    "PretrainedCfg",
+    "class_names",
+    "list_pretrained",
+    "pretrained_cfg",
+    "DownloadError",
+    "HashMismatchError",
+    "OfflineError",
+    "cache_dir",
     "UnsafeCheckpointError",
     "read_state_dict",
     "unwrap_state_dict",
@@ -10,4 +28,8 @@ __all__ = [
     "LoadReport",
     "load_pretrained",
     "load_state_dict_into",
+    "pretrained_kwargs",
+    "resolve_source",
+    "ResidualGate",
+    "RetrofitError",
 ]

@@ -8,6 +8,7 @@ strictly, listing every missing, unexpected and shape-mismatched key when the fi
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,14 @@ import torch.nn as nn
 
 from .io import read_state_dict
 
-__all__ = ["LoadReport", "CheckpointMismatchError", "load_pretrained", "load_state_dict_into"]
+__all__ = [
+    "LoadReport",
+    "CheckpointMismatchError",
+    "load_pretrained",
+    "load_state_dict_into",
+    "pretrained_kwargs",
+    "resolve_source",
+]
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -32,6 +40,8 @@ class LoadReport:
     reinitialized: list[str] = field(default_factory=list)
     adapted: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
+    retrofitted: list[str] = field(default_factory=list)  # attention modules new to the checkpoint
+    cfg: object = None  # the catalog entry (zoo.weights.catalog.PretrainedCfg) when loaded from one
 
 
 def classifier_keys(model: nn.Module) -> set[str]:
@@ -134,6 +144,71 @@ def _is_head_like(key: str, head: set[str]) -> bool:
     return key.rsplit(".", 1)[0] in {"fc", "head", "head.fc", "classifier"}
 
 
+def resolve_source(source: bool | str | os.PathLike, model_name: str | None = None, *, progress: bool = True):
+    """Turn a ``pretrained=`` value into ``(local path, catalog entry or None)``, downloading if needed.
+
+    ``source`` may be True (the architecture's default tag), a tag (``"tv2_in1k"``), a catalog key
+    (``"resnet50.tv2_in1k"``, possibly of another architecture, e.g. to retrofit attention), a URL
+    (``https://``, ``http://``, ``file://``) or a local path.
+    """
+    from . import catalog as cat
+    from .download import download
+
+    if source is True:
+        cfg = cat.find_entry(model_name or "")
+        if cfg is None:
+            raise ValueError(_no_weights_message(model_name))
+    else:
+        s = os.fspath(source)
+        if os.path.exists(s):
+            return s, None
+        if re.match(r"^(https?|file)://", s):
+            cfg = next((c for c in cat.catalog().values() if c.url == s), None)
+            return str(download(s, sha256=cfg.sha256 if cfg else None, progress=progress)), cfg
+        cfg = cat.catalog().get(s) or (cat.find_entry(model_name, s) if model_name else None)
+        if cfg is None:
+            if os.sep in s or "/" in s or os.path.splitext(s)[1] in (".pth", ".pt", ".bin", ".ckpt", ".safetensors"):
+                raise FileNotFoundError(f"Checkpoint {s!r} does not exist or is not a file.")
+            tags = [c.split(".", 1)[1] for c in cat.list_pretrained(model_name or "")] if model_name else []
+            raise ValueError(
+                f"pretrained={s!r} is neither a file, a URL nor a catalog tag"
+                + (f" of {model_name!r} (its tags: {tags})" if tags else "")
+                + ". See zoo.list_pretrained()."
+            )
+    return str(download(cfg.url, sha256=cfg.sha256, progress=progress)), cfg
+
+
+def _no_weights_message(model_name: str | None) -> str:
+    from . import catalog as cat
+
+    msg = f"No published weights are catalogued for {model_name!r}."
+    base = (model_name or "").split("_", 1)[-1]
+    if base != model_name and cat.find_entry(base) is not None:
+        msg += (
+            f" To start from a plain {base} and add the attention blocks as an identity, pass "
+            f"pretrained={cat.find_entry(base).name!r}."
+        )
+    return msg + " Or pass pretrained='<path or URL>' to a checkpoint in torchvision, timm, official or zoo layout."
+
+
+def pretrained_kwargs(model_name: str, pretrained: bool | str | os.PathLike, kwargs: dict) -> dict:
+    """Architecture kwargs a catalog entry implies: a Swin v2 checkpoint loaded into another
+    ``window_size`` gets ``pretrained_window_size`` (unless given), as the Swin v2 paper fine-tunes."""
+    from . import catalog as cat
+
+    if pretrained is True:
+        cfg = cat.find_entry(model_name)
+    elif isinstance(pretrained, str) and not os.path.exists(pretrained) and "://" not in pretrained:
+        cfg = cat.catalog().get(pretrained) or cat.find_entry(model_name, pretrained)
+    else:
+        cfg = None
+    pws = getattr(cfg, "pretrained_window_size", None)
+    ws = kwargs.get("window_size")
+    if pws and ws is not None and ws != pws and "pretrained_window_size" not in kwargs:
+        return {**kwargs, "pretrained_window_size": pws}
+    return kwargs
+
+
 def load_pretrained(
     model: nn.Module,
     source: bool | str | os.PathLike,
@@ -141,23 +216,47 @@ def load_pretrained(
     filter_fn: Callable[[dict, nn.Module], dict] | None = None,
     model_name: str | None = None,
     allow_new: Callable[[str], bool] | None = None,
+    progress: bool = True,
 ) -> LoadReport:
-    """Load ``source`` (a local checkpoint path) into ``model``, converting its layout.
+    """Load ``source`` into ``model``, converting its layout; retrofit attention blocks if needed.
 
     Args:
         model: the zoo model to fill.
-        source: path to a ``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors`` file.
+        source: True (default catalog tag), a tag or ``arch.tag`` key, a URL, or a local
+            ``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors`` file (see :func:`resolve_source`).
         filter_fn: the family's layout converter, ``filter_fn(state_dict, model) -> state_dict``.
-        model_name: registered name, for messages.
+        model_name: registered name, for messages and tag lookup.
         allow_new: see :func:`load_state_dict_into`.
+        progress: progress bar for downloads.
+
+    When the checkpoint has none of the model's attention blocks (a plain ResNet into
+    ``cbam_resnet50``), the blocks are made to start as the identity (:mod:`zoo.weights.retrofit`),
+    listed in ``report.retrofitted`` / ``report.new``, and a warning names them.
     """
-    if source is True:
-        raise ValueError(
-            f"No published weights are catalogued for {model_name!r} yet; pass pretrained='<path>' "
-            "to a local checkpoint in torchvision, timm, official or zoo layout."
-        )
-    path = os.fspath(source)
+    from . import retrofit
+
+    path, cfg = resolve_source(source, model_name, progress=progress)
     sd = read_state_dict(path)
+    gated = retrofit.gated_prefixes(sd)
+    if gated:  # saved from a retrofitted model: rebuild its wrappers so every key has a home
+        retrofit.wrap_gates(model, gated)
     if filter_fn is not None:
         sd = filter_fn(sd, model)
-    return load_state_dict_into(model, sd, source=path, allow_new=allow_new)
+    source_name = cfg.name if cfg is not None else path
+    new_blocks = retrofit.plan_retrofit(model, sd, source_name)
+    if new_blocks:
+        prefixes = tuple(p + "." for p in new_blocks)
+        user_allow = allow_new
+        allow_new = lambda k: k.startswith(prefixes) or bool(user_allow and user_allow(k))  # noqa: E731
+    report = load_state_dict_into(model, sd, source=source_name, allow_new=allow_new)
+    report.cfg = cfg
+    if new_blocks:
+        report.retrofitted = sorted(new_blocks)
+        kinds = sorted(set(new_blocks.values()))
+        warnings.warn(
+            f"{model_name or type(model).__name__}: {source_name} has no attention weights; retrofitted "
+            f"{len(new_blocks)} {'/'.join(kinds)} blocks so the network starts as the backbone: "
+            f"{_fmt(report.retrofitted, 4)} ({len(report.new)} new tensors, see model.load_report.new).",
+            stacklevel=3,
+        )
+    return report

@@ -1,0 +1,249 @@
+"""Downloads against a local HTTP server: cache, hashes, retries, errors, offline, mirror, concurrency."""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from zoo.weights import download as dl
+from zoo.weights.__main__ import main as cli
+
+BODY = os.urandom(300_000)
+SHA = hashlib.sha256(BODY).hexdigest()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Behaviour by path: /ok, /404, /flaky (500 once, then ok), /stall, /truncate, /corrupt, /slow."""
+
+    hits: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def _send(self, body: bytes, length: int | None = None):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        with self.lock:
+            n = self.hits[self.path] = self.hits.get(self.path, 0) + 1
+        kind = self.path.split("/")[1]
+        if kind == "404":
+            self.send_error(404)
+        elif kind == "flaky" and n == 1:
+            self.send_error(500)
+        elif kind == "stall":
+            time.sleep(1.5)
+            self._send(BODY)
+        elif kind == "truncate":
+            self._send(BODY[: len(BODY) // 2], length=len(BODY))
+            self.close_connection = True
+        elif kind == "corrupt":
+            self._send(BODY[:-1] + b"x")
+        elif kind == "slow":
+            time.sleep(1.0)
+            self._send(BODY)
+        else:
+            self._send(BODY)
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    _Handler.hits = {}
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", _Handler.hits
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def zoo_home(tmp_path, monkeypatch):
+    home = tmp_path / "zoo_home"
+    monkeypatch.setenv("ZOO_HOME", str(home))
+    for var in ("ZOO_OFFLINE", "ZOO_MIRROR", "ZOO_DOWNLOAD_RETRIES", "ZOO_DOWNLOAD_TIMEOUT"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+FAST = dict(progress=False, retries=3, backoff=0.01, timeout=5)
+
+
+def _leftovers(home: Path) -> list[str]:
+    return sorted(p.name for p in home.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
+
+
+def test_cache_dir_resolution(monkeypatch, tmp_path):
+    assert dl.cache_dir() == tmp_path / "zoo_home"
+    monkeypatch.delenv("ZOO_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert dl.cache_dir() == tmp_path / "xdg" / "zoo"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert dl.cache_dir() == Path.home() / ".cache" / "zoo"
+
+
+def test_good_download_is_cached_and_verified(server, zoo_home):
+    base, hits = server
+    path = dl.download(f"{base}/ok/models/w-{SHA[:8]}.pth", sha256=SHA, **FAST)
+    assert path == zoo_home / "checkpoints" / f"127.0.0.1_{base.rsplit(':', 1)[1]}" / "ok" / "models" / f"w-{SHA[:8]}.pth"
+    assert path.read_bytes() == BODY
+    # second call: served from the cache, no request; a hash prefix is accepted too
+    assert dl.download(f"{base}/ok/models/w-{SHA[:8]}.pth", sha256=SHA[:8], **FAST) == path
+    assert hits == {f"/ok/models/w-{SHA[:8]}.pth": 1}
+    assert _leftovers(zoo_home) == [path.name]  # no temp file, no sidecar (the catalog has the hash)
+
+
+def test_corrupt_body_raises_and_leaves_nothing(server, zoo_home):
+    base, _ = server
+    url = f"{base}/corrupt/w.pth"
+    with pytest.raises(dl.HashMismatchError) as e:
+        dl.download(url, sha256=SHA, **FAST)
+    actual = hashlib.sha256(BODY[:-1] + b"x").hexdigest()
+    assert SHA in str(e.value) and actual in str(e.value) and url in str(e.value)
+    assert _leftovers(zoo_home) == []
+
+
+def test_truncated_transfer_retried_then_fails_cleanly(server, zoo_home):
+    base, hits = server
+    with pytest.raises(dl.DownloadError, match="3 times") as e:
+        dl.download(f"{base}/truncate/w.pth", sha256=SHA, **FAST)
+    assert "ZOO_MIRROR" in str(e.value)
+    assert hits["/truncate/w.pth"] == 3
+    assert _leftovers(zoo_home) == []
+
+
+def test_404_is_not_retried_and_says_what_to_do(server, zoo_home):
+    base, hits = server
+    with pytest.raises(dl.DownloadError, match="404") as e:
+        dl.download(f"{base}/404/w.pth", **FAST)
+    msg = str(e.value)
+    assert "ZOO_MIRROR" in msg and "ZOO_OFFLINE" in msg and "pretrained='<local path>'" in msg
+    assert hits["/404/w.pth"] == 1
+    assert _leftovers(zoo_home) == []
+
+
+def test_server_error_then_ok_is_retried(server):
+    base, hits = server
+    path = dl.download(f"{base}/flaky/w.pth", sha256=SHA, **FAST)
+    assert path.read_bytes() == BODY and hits["/flaky/w.pth"] == 2
+
+
+def test_stalled_server_times_out_with_clear_error(server, zoo_home):
+    base, hits = server
+    with pytest.raises(dl.DownloadError, match="(?i)timeout|timed out"):
+        dl.download(f"{base}/stall/w.pth", sha256=SHA, progress=False, retries=2, backoff=0.01, timeout=0.3)
+    assert hits["/stall/w.pth"] == 2
+    assert _leftovers(zoo_home) == []
+
+
+def test_offline_mode_never_touches_network(server, zoo_home, monkeypatch):
+    base, hits = server
+    url = f"{base}/ok/w.pth"
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+    with pytest.raises(dl.OfflineError) as e:
+        dl.download(url, sha256=SHA, **FAST)
+    assert str(dl.cache_path(url)) in str(e.value) and url in str(e.value)
+    assert hits == {}
+    monkeypatch.delenv("ZOO_OFFLINE")
+    dl.download(url, sha256=SHA, **FAST)
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+    assert dl.download(url, sha256=SHA, **FAST).read_bytes() == BODY  # cached files still load offline
+    assert hits == {"/ok/w.pth": 1}
+
+
+def test_mirror_rewrites_host_and_path(server, zoo_home, monkeypatch):
+    base, hits = server
+    monkeypatch.setenv("ZOO_MIRROR", f"{base}/mirror/")
+    url = "https://download.example.invalid/models/w-1234.pth"
+    assert dl.mirror_url(url) == f"{base}/mirror/download.example.invalid/models/w-1234.pth"
+    path = dl.download(url, sha256=SHA, **FAST)
+    assert path == zoo_home / "checkpoints" / "download.example.invalid" / "models" / "w-1234.pth"
+    assert hits == {"/mirror/download.example.invalid/models/w-1234.pth": 1}
+
+
+def test_file_mirror(tmp_path, monkeypatch, zoo_home):
+    mirror = tmp_path / "mirror"
+    (mirror / "example.invalid" / "m").mkdir(parents=True)
+    (mirror / "example.invalid" / "m" / "w.pth").write_bytes(BODY)
+    monkeypatch.setenv("ZOO_MIRROR", mirror.as_uri())
+    assert dl.download("https://example.invalid/m/w.pth", sha256=SHA, **FAST).read_bytes() == BODY
+
+
+def test_hash_recorded_on_first_download_and_checked_later(server, zoo_home):
+    base, _ = server
+    url = f"{base}/ok/nohash.pth"
+    path = dl.download(url, **FAST)
+    side = path.with_name(path.name + ".sha256")
+    assert side.read_text().split()[0] == SHA
+    path.write_bytes(BODY[:1000])  # the cached file goes bad
+    with pytest.raises(dl.HashMismatchError, match="recorded at first download"):
+        dl.download(url, **FAST)
+    assert not path.exists() and not side.exists()  # removed, so the next call downloads again
+    assert dl.download(url, **FAST).read_bytes() == BODY
+
+
+def test_verify_cache_and_cli(server, zoo_home, capsys):
+    base, _ = server
+    good = dl.download(f"{base}/ok/a.pth", **FAST)
+    bad = dl.download(f"{base}/ok/b.pth", **FAST)
+    assert cli(["verify"]) == 0
+    bad.write_bytes(b"tampered")
+    status = {p.name: s for p, s, _ in dl.verify_cache()}
+    assert status == {good.name: "ok", bad.name: "mismatch"}
+    assert cli(["verify"]) == 1
+    assert "mismatch" in capsys.readouterr().out
+
+
+_CHILD = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("zoo_download", sys.argv[1])
+mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+p = mod.download(sys.argv[2], sha256=sys.argv[3], progress=False, retries=1, timeout=10)
+print(p)
+"""
+
+
+def test_two_processes_download_once(server, zoo_home):
+    """DDP ranks asking at once: one request served, both get the complete file."""
+    base, hits = server
+    url = f"{base}/slow/shared.pth"
+    # Load download.py on its own (stdlib only) so the children start fast.
+    cmd = [sys.executable, "-c", _CHILD, dl.__file__, url, SHA]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+             for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    paths = {o[0].strip() for o in outs}
+    assert paths == {str(dl.cache_path(url))}
+    assert Path(paths.pop()).read_bytes() == BODY
+    assert hits == {"/slow/shared.pth": 1}
+
+
+def test_lock_waiter_sees_finished_file(server, zoo_home):
+    """Threads in one process: the second waits on the lock and reuses the first's file."""
+    base, hits = server
+    url = f"{base}/slow/threads.pth"
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(dl.download(url, sha256=SHA, **FAST))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=run) for _ in range(2)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert not errors and len(set(results)) == 1 and hits == {"/slow/threads.pth": 1}
