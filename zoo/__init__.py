@@ -14,15 +14,20 @@ from .registry import (
     register_block,
     register_model,
 )
+from .viz.capture import capture_attention
+from .weights.catalog import list_pretrained, pretrained_cfg
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "capture_attention",
     "create",
     "create_block",
     "get_block",
     "list_blocks",
     "list_models",
+    "list_pretrained",
+    "pretrained_cfg",
     "register_block",
     "register_model",
 ]
