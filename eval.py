@@ -1,0 +1,60 @@
+"""Evaluate a checkpoint on an ImageFolder split: top-1, top-5, per-class accuracy, confusion matrix PNG,
+predictions CSV.
+
+``python eval.py ckpt_path=<run>/checkpoints/last.ckpt`` or
+``python eval.py model=<name> pretrained=<path> data=<digits|cluttered_digits|imagefolder>``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import zoo
+from zoo.train import register_model_configs
+from zoo.train.evaluate import model_from_checkpoint, predict, write_report
+
+register_model_configs()
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Run the evaluation described by ``cfg``; returns the metrics (also in metrics.json)."""
+    meta = None
+    if cfg.ckpt_path:
+        model, meta = model_from_checkpoint(cfg.ckpt_path, use_ema=cfg.use_ema)
+        overrides = dict(meta["data_config"])  # evaluate with the preprocessing it was trained with
+    elif cfg.pretrained:
+        overrides = {}
+    else:
+        raise ValueError("Give ckpt_path=<train.py checkpoint> or model=<name> pretrained=<weights>.")
+    datamodule = instantiate(cfg.data, val_split=cfg.split, model_name=meta["model_name"] if meta else cfg.model.name,
+                             pretrained=cfg.pretrained, **overrides)
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    if meta is None:
+        model = zoo.create(cfg.model.name, pretrained=cfg.pretrained, num_classes=datamodule.num_classes,
+                           **OmegaConf.to_container(cfg.model.kwargs, resolve=True)).eval()
+    elif meta["class_names"] != datamodule.classes:
+        raise ValueError(f"The checkpoint was trained on classes {meta['class_names'][:10]}... but "
+                         f"{datamodule.root}/{cfg.split} has {datamodule.classes[:10]}...")
+
+    pred = predict(model, datamodule.val_dataloader(), device=cfg.device, precision=cfg.precision)
+    paths = [p for p, _ in datamodule.val_set.samples]
+    out = Path(cfg.paths.output_dir)
+    metrics = write_report(pred, datamodule.classes, paths, out)
+    print(f"top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  on {metrics['num_images']} images"
+          f" ({metrics['skipped_images']} skipped)")
+    print(f"metrics:          {out / 'metrics.json'}\npredictions:      {out / 'predictions.csv'}\n"
+          f"confusion matrix: {out / 'confusion_matrix.png'}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

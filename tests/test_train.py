@@ -1,0 +1,185 @@
+"""The training loop end to end on the embedded digits: every model, resume, DDP, eval, wandb, failures."""
+from __future__ import annotations
+
+import csv
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import ROOT, compose
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+import zoo
+
+# One model per family and attention block stays in the default run; larger variants are slow.
+HEAVY = ("*101*", "*152*", "*resnet50", "*resnet34", "*resnext*", "vit_l*", "vit_b*", "vit_s*", "vit_h*",
+         "swin_b*", "swin_s*", "swin_l*", "swin_v2_b*", "swin_v2_s*")
+
+
+def _param(name: str):
+    slow = any(fnmatch.fnmatchcase(name, p) for p in HEAVY)
+    return pytest.param(name, marks=pytest.mark.slow) if slow else name
+
+
+def _train():
+    import train
+
+    return train.train
+
+
+class SimulatedKill(RuntimeError):
+    pass
+
+
+class IndexRecorder(L.Callback):
+    """Records (global_step, dataset indices) of every training batch; can fail at a given step."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.seen, self.fail_at = [], fail_at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.fail_at:
+            raise SimulatedKill(f"killed at step {trainer.global_step}")
+        self.seen.append((trainer.global_step, batch["index"].tolist()))
+
+
+# ----------------------------------------------------------------------------------------- configs
+def test_model_group_covers_registry_and_handwritten_yaml_wins(train_cfg):
+    names = zoo.list_models()
+    assert "cbam_resnet18" in names
+    cfg = train_cfg()  # composing registers the nodes; the default model comes from the hand-written file
+    repo = ConfigStore.instance().repo["model"]
+    handwritten = {p.stem for p in (ROOT / "configs" / "model").glob("*.yaml")}
+    assert "cbam_resnet18" in handwritten
+    for name in names:  # a generated node, unless a yaml exists (then no node: the yaml alone is used)
+        assert (f"{name}.yaml" in repo) != (name in handwritten), name
+    assert cfg.model.name == "cbam_resnet18" and cfg.model.kwargs.img_size == cfg.data.img_size
+    other = next(n for n in names if n not in handwritten)
+    assert train_cfg(f"model={other}").model.name == other
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")))
+def test_experiment_configs_compose(tmp_path, name):
+    recipe = (ROOT / "configs" / "experiment" / f"{name}.yaml").read_text()
+    model = recipe.split("override /model: ")[1].split()[0] if "override /model: " in recipe else None
+    if model and model not in zoo.list_models():
+        pytest.skip(f"{model} is not registered yet")
+    cfg = compose("train", [f"experiment={name}"], tmp_path)
+    assert cfg.model.name in zoo.list_models() and OmegaConf.is_missing(cfg.data, "root")
+    assert cfg.module.optimizer.name in ("adamw", "sgd") and cfg.trainer.max_epochs >= 90
+
+
+def test_swin_recipe_values(tmp_path):
+    if "swin_t" not in zoo.list_models():
+        pytest.skip("swin_t is not registered yet")
+    m = compose("train", ["experiment=swin_t_imagenet"], tmp_path).module
+    assert (m.optimizer.lr, m.optimizer.lr_base_batch, m.optimizer.weight_decay) == (1e-3, 1024, 0.05)
+    assert (m.scheduler.warmup_epochs, m.label_smoothing, m.mixup.mixup_alpha, m.mixup.cutmix_alpha) == (20, 0.1, 0.8, 1.0)
+
+
+# ----------------------------------------------------------------------------------- every model
+@pytest.mark.parametrize("name", [_param(n) for n in zoo.list_models()])
+def test_one_batch_every_model(train_cfg, name):
+    cfg = train_cfg(f"model={name}", "+trainer.fast_dev_run=1", "logger=[]", "module.ema=null")
+    summary = _train()(cfg)
+    assert summary["global_step"] == 1
+
+
+# -------------------------------------------------------------------------------- default run
+def test_run_dir_layout_and_summary(train_cfg, tmp_path):
+    summary = _train()(train_cfg("model=resnet18"))
+    ck = summary["checkpoints"]
+    assert Path(ck["last"]) == tmp_path / "checkpoints" / "last.ckpt" and Path(ck["best"]).is_file()
+    assert (tmp_path / "summary.json").is_file() and (tmp_path / "curves.png").stat().st_size > 1000
+    assert (tmp_path / "csv" / "metrics.csv").is_file()
+    final = summary["final"]
+    assert {"val/top1", "val/top5", "val/top1_ema", "train/loss_epoch"} <= set(final)
+    assert summary["epochs"] == 1 and summary["train_images_per_s"] > 0
+    ckpt = torch.load(ck["last"], map_location="cpu", weights_only=True)
+    assert ckpt["zoo"]["class_names"] == [str(i) for i in range(10)] and "ema_state_dict" in ckpt
+    # the state dict is the plain model's, so zoo.create can initialise from a train.py checkpoint
+    zoo.create("resnet18", pretrained=ck["last"], num_classes=10, img_size=32)
+
+
+def test_resume_continues_from_saved_step_with_same_data_order(train_cfg, tmp_path):
+    common = ["model=resnet18", "trainer.max_epochs=2", "trainer.limit_train_batches=4", "logger=[]",
+              "callbacks.model_checkpoint_steps.every_n_train_steps=3"]
+    full = IndexRecorder()
+    _train()(train_cfg(*common, f"paths.output_dir={tmp_path}/full"), callbacks=[full])
+    killed = IndexRecorder(fail_at=7)
+    with pytest.raises(SimulatedKill):
+        _train()(train_cfg(*common, f"paths.output_dir={tmp_path}/run"), callbacks=[killed])
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6
+    resumed = IndexRecorder()
+    summary = _train()(train_cfg(*common, f"paths.output_dir={tmp_path}/run", f"ckpt_path={last}"),
+                       callbacks=[resumed])
+    assert resumed.seen[0][0] == 6  # continues at the saved step (mid-epoch 1), not from scratch
+    assert resumed.seen == full.seen[6:]  # and sees exactly the batches the uninterrupted run saw
+    assert summary["global_step"] == 8
+
+
+# ------------------------------------------------------------------------------------- failures
+def test_nan_loss_stops_naming_the_step(train_cfg):
+    with pytest.raises(FloatingPointError, match="global step 0"):
+        _train()(train_cfg("model=resnet18", "data.std=[0,0,0]", "logger=[]"))
+
+
+def test_num_classes_mismatch_errors_before_training(train_cfg):
+    with pytest.raises(ValueError, match="num_classes=7"):
+        _train()(train_cfg("model=resnet18", "model.num_classes=7"))
+
+
+def test_checkpoint_of_another_model_errors(train_cfg, tmp_path):
+    _train()(train_cfg("model=resnet18", "logger=[]", f"paths.output_dir={tmp_path}/a"))
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    rec = IndexRecorder()
+    with pytest.raises(ValueError, match="resnet18"):
+        _train()(train_cfg("model=cbam_resnet18", "logger=[]", f"ckpt_path={last}",
+                           f"paths.output_dir={tmp_path}/b"), callbacks=[rec])
+    assert rec.seen == []
+
+
+# ----------------------------------------------------------------------------------- eval, wandb
+def test_eval_writes_png_csv_and_metrics(train_cfg, eval_cfg, tmp_path):
+    import eval as eval_script
+
+    _train()(train_cfg("model=resnet18", "logger=[]"))
+    m = eval_script.evaluate(eval_cfg(f"ckpt_path={tmp_path}/checkpoints/last.ckpt", "data.eval_batch_size=128"))
+    out = tmp_path / "eval"
+    assert (out / "confusion_matrix.png").stat().st_size > 1000
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == m["num_images"] == 359
+    assert abs(sum(int(r["correct"]) for r in rows) / len(rows) - m["top1"]) < 1e-9
+    assert m["top5"] >= m["top1"] and set(m["per_class_top1"]) == {str(i) for i in range(10)}
+    assert json.loads((out / "metrics.json").read_text())["top1"] == m["top1"]
+
+
+def test_wandb_offline_writes_run_files(train_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    _train()(train_cfg("model=resnet18", "logger=wandb"))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), runs
+
+
+# ------------------------------------------------------------------------------------------- ddp
+def test_ddp_two_processes_on_cpu(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "train.py", "model=resnet18", "trainer=ddp", "trainer.accelerator=cpu",
+           "trainer.devices=2", "trainer.precision=32-true", "trainer.max_epochs=1",
+           "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1", "data.batch_size=8",
+           "logger=csv", "callbacks.progress_bar=null", "+trainer.enable_progress_bar=false",
+           f"hydra.run.dir={tmp_path}"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["global_step"] == 3 and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert "world_size: 2" in r.stderr + r.stdout or "GLOBAL_RANK: 1" in r.stderr + r.stdout

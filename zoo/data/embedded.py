@@ -1,0 +1,134 @@
+"""Small real datasets shipped with scikit-learn, written out as ImageFolder trees.
+
+``digits``: the 1,797 8x8 handwritten digits of ``sklearn.datasets.load_digits`` (UCI optdigits),
+upscaled to 32 px PNGs. ``cluttered_digits``: each digit (24 px) at a random place on a 64x64 canvas
+among clutter patches cut from other digits, with the digit's box in ``<split>/boxes.csv`` so that
+attention maps can be scored by the mass they put inside it. Both are written once into the cache
+(``$ZOO_DATA`` or ``$XDG_CACHE_HOME/zoo/data``), atomically: built in a temporary folder, then renamed.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["cache_dir", "ensure_embedded", "EMBEDDED", "read_boxes"]
+
+_VAL_FRACTION = 0.2
+_SEED = 0
+
+
+def cache_dir() -> Path:
+    """Where embedded datasets live: ``$ZOO_DATA``, else ``$XDG_CACHE_HOME/zoo/data`` (``~/.cache``)."""
+    if os.environ.get("ZOO_DATA"):
+        return Path(os.environ["ZOO_DATA"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "zoo" / "data"
+
+
+def _split(n: int, labels: np.ndarray) -> np.ndarray:
+    """Boolean mask of validation samples: a fixed-seed stratified 20 % per class."""
+    rng = np.random.default_rng(_SEED)
+    val = np.zeros(n, dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        val[rng.permutation(idx)[: round(len(idx) * _VAL_FRACTION)]] = True
+    return val
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = (d.images * (255.0 / 16.0)).round().astype(np.uint8)  # N, 8, 8 in 0..16 -> 0..255
+    return images, d.target.astype(np.int64)
+
+
+def _write_digits(out: Path) -> None:
+    images, labels = _digits()
+    val = _split(len(labels), labels)
+    for i, (img, y) in enumerate(zip(images, labels)):
+        split = "val" if val[i] else "train"
+        big = cv2.resize(img, (32, 32), interpolation=cv2.INTER_CUBIC)
+        d = out / split / str(y)
+        d.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(d / f"{i:04d}.png"), big)
+
+
+def _write_cluttered(out: Path, canvas: int = 64, digit: int = 24, n_clutter: int = 4, patch: int = 8) -> None:
+    images, labels = _digits()
+    val = _split(len(labels), labels)
+    rng = np.random.default_rng(_SEED + 1)
+    big = np.stack([cv2.resize(im, (digit, digit), interpolation=cv2.INTER_CUBIC) for im in images])
+    rows = {"train": [], "val": []}
+    for i, y in enumerate(labels):
+        split = "val" if val[i] else "train"
+        img = np.zeros((canvas, canvas), np.uint8)
+        for _ in range(n_clutter):  # patches of other digits, so the class is only in the box
+            src = big[rng.integers(len(big))]
+            sy, sx = rng.integers(0, digit - patch, size=2)
+            ty, tx = rng.integers(0, canvas - patch, size=2)
+            img[ty:ty + patch, tx:tx + patch] = np.maximum(img[ty:ty + patch, tx:tx + patch],
+                                                           src[sy:sy + patch, sx:sx + patch])
+        y0, x0 = rng.integers(0, canvas - digit, size=2)
+        img[y0:y0 + digit, x0:x0 + digit] = np.maximum(img[y0:y0 + digit, x0:x0 + digit], big[i])
+        rel = Path(str(y)) / f"{i:04d}.png"
+        (out / split / rel.parent).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(out / split / rel), img)
+        rows[split].append((rel.as_posix(), int(y), int(x0), int(y0), int(x0 + digit), int(y0 + digit)))
+    for split, r in rows.items():
+        with open(out / split / "boxes.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label", "x0", "y0", "x1", "y1"])
+            w.writerows(r)
+
+
+# name -> (folder name with a format version, writer). Bump the version when the writer changes.
+EMBEDDED = {
+    "digits": ("digits-v1", _write_digits),
+    "cluttered_digits": ("cluttered_digits-v1", _write_cluttered),
+}
+
+
+def ensure_embedded(name: str, root: str | os.PathLike | None = None) -> Path:
+    """Return the ImageFolder root of embedded dataset ``name``, writing it on first use.
+
+    Safe when several processes race: each builds in its own temporary folder and renames it into
+    place; the loser's rename fails and its copy is discarded.
+
+    Args:
+        name: ``"digits"`` or ``"cluttered_digits"``.
+        root: cache folder; default :func:`cache_dir`.
+
+    Returns:
+        Folder holding ``train/<class>/*.png`` and ``val/<class>/*.png``.
+    """
+    if name not in EMBEDDED:
+        raise ValueError(f"Unknown embedded dataset {name!r}; choose from {sorted(EMBEDDED)}.")
+    folder, writer = EMBEDDED[name]
+    base = Path(root).expanduser() if root else cache_dir()
+    final = base / folder
+    if (final / "val").is_dir():
+        return final
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder}-", dir=base))
+    try:
+        writer(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "val").is_dir():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def read_boxes(root: str | os.PathLike, split: str = "val") -> dict[str, tuple[int, int, int, int]]:
+    """Digit boxes of ``cluttered_digits``: ``{"<class>/<file>.png": (x0, y0, x1, y1)}`` in pixels."""
+    with open(Path(root) / split / "boxes.csv", newline="") as f:
+        return {r["path"]: (int(r["x0"]), int(r["y0"]), int(r["x1"]), int(r["y1"])) for r in csv.DictReader(f)}
