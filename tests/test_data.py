@@ -170,3 +170,16 @@ def test_datamodule_digits(tmp_path):
     b = next(iter(dm.val_dataloader()))
     assert b["image"].shape == (16, 3, 24, 24) and b["target"].tolist() == [0] * 16
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_data_config_comes_from_the_pretrained_entry():
+    from zoo.data.transforms import resolve_data_config
+
+    cfg = dict(img_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear", crop_pct=1.0)
+    assert resolve_data_config("swin_t", cfg, None)["img_size"] == 32
+    assert resolve_data_config("swin_t", cfg, "/not/catalogued.pth") == resolve_data_config("swin_t", cfg, None)
+    got = resolve_data_config("swin_t", cfg, True)  # default tag: torchvision's
+    assert (got["img_size"], got["interpolation"], got["crop_pct"]) == (224, "bicubic", 0.9655)
+    assert resolve_data_config("swin_t", cfg, "ms_in1k")["crop_pct"] == 0.9
+    # Retrofit: an attention ResNet started from a plain ResNet takes the backbone weights' preprocessing.
+    assert resolve_data_config("cbam_resnet50", cfg, "resnet50.tv2_in1k")["interpolation"] == "bilinear"

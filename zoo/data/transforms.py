@@ -19,12 +19,26 @@ INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bi
 _KEYS = ("img_size", "mean", "std", "interpolation", "crop_pct")
 
 
-def pretrained_data_config(model_name: str | None, pretrained: str | None = None) -> dict | None:
+def pretrained_data_config(model_name: str | None, pretrained: str | bool | None = None) -> dict | None:
     """Preprocessing that a catalogued pretrained weight was trained with, or None.
 
-    The weight catalog is future work; until it lands nothing is catalogued and this returns None.
+    ``pretrained`` is what ``zoo.create`` takes: True (the architecture's default tag), a tag, an
+    ``arch.tag`` key or a catalogued URL. Local paths and unknown URLs have no entry: None.
     """
-    return None
+    from ..weights.catalog import catalog, find_entry
+
+    if not pretrained or not model_name:
+        return None
+    if isinstance(pretrained, str) and "://" in pretrained:
+        entry = next((c for c in catalog().values() if c.url == pretrained), None)
+    elif isinstance(pretrained, str):
+        entry = catalog().get(pretrained) or find_entry(model_name, pretrained)
+    else:
+        entry = find_entry(model_name)
+    if entry is None:
+        return None
+    return {"img_size": entry.input_size[-1], "mean": entry.mean, "std": entry.std,
+            "interpolation": entry.interpolation, "crop_pct": entry.crop_pct}
 
 
 def resolve_data_config(model_name: str | None, cfg: Mapping, pretrained: str | None = None) -> dict:
