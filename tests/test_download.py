@@ -17,6 +17,8 @@ from zoo.weights.__main__ import main as cli
 
 BODY = os.urandom(300_000)
 SHA = hashlib.sha256(BODY).hexdigest()
+# Flip the last byte (not "replace it by x": 1 random body in 256 already ends in x).
+CORRUPT = BODY[:-1] + bytes([BODY[-1] ^ 0xFF])
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -49,7 +51,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(BODY[: len(BODY) // 2], length=len(BODY))
             self.close_connection = True
         elif kind == "corrupt":
-            self._send(BODY[:-1] + b"x")
+            self._send(CORRUPT)
         elif kind == "slow":
             time.sleep(1.0)
             self._send(BODY)
@@ -110,7 +112,7 @@ def test_corrupt_body_raises_and_leaves_nothing(server, zoo_home):
     url = f"{base}/corrupt/w.pth"
     with pytest.raises(dl.HashMismatchError) as e:
         dl.download(url, sha256=SHA, **FAST)
-    actual = hashlib.sha256(BODY[:-1] + b"x").hexdigest()
+    actual = hashlib.sha256(CORRUPT).hexdigest()
     assert SHA in str(e.value) and actual in str(e.value) and url in str(e.value)
     assert _leftovers(zoo_home) == []
 
