@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on an ImageFolder split: top-1, top-5, per-class accuracy, confusion matrix PNG,
-predictions CSV.
+predictions CSV, and with ``viz.num_images=N`` zoo.viz pictures of the first N images.
 
-``python eval.py ckpt_path=<run>/checkpoints/last.ckpt`` or
+``python eval.py ckpt_path=<run>/checkpoints/last.ckpt [viz.num_images=4]`` or
 ``python eval.py model=<name> pretrained=<path> data=<digits|cluttered_digits|imagefolder>``.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import zoo
 from zoo.train import register_model_configs
-from zoo.train.evaluate import model_from_checkpoint, predict, write_report
+from zoo.train.evaluate import model_from_checkpoint, predict, write_report, write_viz
 
 register_model_configs()
 
@@ -48,6 +48,11 @@ def evaluate(cfg: DictConfig) -> dict:
           f" ({metrics['skipped_images']} skipped)")
     print(f"metrics:          {out / 'metrics.json'}\npredictions:      {out / 'predictions.csv'}\n"
           f"confusion matrix: {out / 'confusion_matrix.png'}")
+    dc = datamodule.data_config
+    index = write_viz(model, datamodule.val_set, cfg.viz.num_images, out / "viz", mean=dc["mean"], std=dc["std"],
+                      cams=cfg.viz.cams, per_layer=cfg.viz.per_layer, class_names=datamodule.classes)
+    if index is not None:
+        print(f"attention / CAM:  {index}")
     return metrics
 
 

@@ -183,3 +183,20 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["global_step"] == 3 and (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert "world_size: 2" in r.stderr + r.stdout or "GLOBAL_RANK: 1" in r.stderr + r.stdout
+
+
+def test_eval_writes_viz_pictures(train_cfg, eval_cfg, tmp_path):
+    import eval as eval_script
+
+    _train()(train_cfg("model=cbam_resnet18", "logger=[]"))
+    ckpt = f"ckpt_path={tmp_path}/checkpoints/last.ckpt"
+    eval_script.evaluate(eval_cfg(ckpt, "viz.num_images=2", "data.eval_batch_size=128"))
+    viz = tmp_path / "eval" / "viz"
+    index = (viz / "index.html").read_text()
+    dirs = sorted(d.name for d in viz.iterdir() if d.is_dir())
+    assert len(dirs) == 2, dirs  # the first two val images, one folder each
+    for d in dirs:
+        for f in ("cam.png", "overview.png", "channels.png"):
+            assert (viz / d / f).stat().st_size > 1000, (d, f)
+        assert f"{d}/cam.png" in index
+    assert not (viz / dirs[0] / "layers").exists()  # per_layer defaults to off

@@ -268,11 +268,16 @@ def test_checkpoint_roundtrip(tmp_path):
         load_model("resnet18", ckpt_path=tmp_path / "last.ckpt")
 
 
-@pytest.mark.slow
 def test_trained_cam_looks_inside_the_box():
-    """A ResNet-18 trained briefly on cluttered digits puts its Grad-CAM mass on the digit's box."""
+    """A ResNet-18 trained briefly on cluttered digits puts its Grad-CAM mass on the digit's box,
+    by a margin that broken maps (uniform, random, or the map of another image) do not reach.
+
+    Grad-CAM is taken at ``layer2`` (8x8 at 64 px): ``layer4`` is 2x2 there, too coarse to place a
+    24 px digit (measured: in-box share 0.18 against the uniform 0.14 after this training).
+    """
     from zoo.data import ensure_embedded
-    from zoo.viz.inbox import score_model
+    from zoo.data.embedded import read_boxes
+    from zoo.viz.cam import compute_cam
     from zoo.viz.load import load_images
 
     root = ensure_embedded("cluttered_digits")
@@ -285,12 +290,36 @@ def test_trained_cam_looks_inside_the_box():
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     model.train()
     for _ in range(80):
-        idx = torch.randint(len(files), (64,))
+        idx = torch.randint(len(files), (32,))
         loss = F.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
-    rows = {r["map"]: r for r in score_model(model, cfg, name="resnet18", root=root, limit=100, cam="gradcam")}
-    r = rows["cam gradcam"]
-    assert r["share"] > r["baseline"] + 0.15, r
-    assert r["hit"] > 2 * r["baseline"], r
+    model.eval()
+
+    val = sorted(read_boxes(root, "val").items())[:100]
+    xv = load_images([root / "val" / p for p, _ in val], cfg)
+    boxes = torch.tensor([b for _, b in val])
+    cam = torch.from_numpy(compute_cam(model, xv, "gradcam", target_layer=model.layer2[-1]))  # B, 64, 64
+    baseline = float(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).float().mean() / 64**2)
+
+    def scores(maps, b=boxes):
+        share, hit = score_maps(maps, b, (64, 64))
+        return float(share.mean()), float(hit.float().mean())
+
+    def looks_inside(share, hit):
+        return share > baseline + 0.1 and hit > 3 * baseline
+
+    share, hit = scores(cam)
+    assert looks_inside(share, hit), (share, hit, baseline)
+    g = torch.Generator().manual_seed(0)
+    controls = {
+        "uniform": scores(torch.ones_like(cam)),
+        "random": scores(torch.rand(cam.shape, generator=g)),
+        "random 8x8": scores(torch.rand(len(cam), 8, 8, generator=g)),
+        "other image's map": scores(cam, boxes.roll(1, 0)),
+    }
+    for name, (s, h) in controls.items():
+        assert not looks_inside(s, h), (name, s, h, baseline)
+    other_share, other_hit = controls["other image's map"]
+    assert share > other_share + 0.05 and hit > other_hit + 0.3, (share, hit, other_share, other_hit)

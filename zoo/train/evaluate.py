@@ -13,7 +13,7 @@ import zoo
 
 from .utils import read_zoo_checkpoint
 
-__all__ = ["model_from_checkpoint", "predict", "write_report", "plot_confusion"]
+__all__ = ["model_from_checkpoint", "predict", "write_report", "plot_confusion", "write_viz"]
 
 
 def model_from_checkpoint(path: str, *, use_ema: bool = False) -> tuple[nn.Module, dict]:
@@ -102,3 +102,28 @@ def write_report(pred: dict, classes: list[str], paths: list[str], out_dir: str 
             w.writerow([paths[i], classes[t], classes[o], f"{p[o]:.4f}", int(o == t)])
     plot_confusion(cm, classes, out / "confusion_matrix.png")
     return metrics
+
+
+def write_viz(model: nn.Module, dataset, num_images: int, out_dir: str | Path, *, mean, std,
+              cams=("gradcam",), per_layer: bool = False, class_names: list[str] | None = None) -> Path | None:
+    """zoo.viz pictures (CAM and attention overlays, ``index.html``) for the first ``num_images``
+    decodable images of ``dataset`` (an :class:`zoo.data.ImageFolder` with its eval transform).
+
+    Returns:
+        The path of ``index.html``, or None when ``num_images`` is 0.
+    """
+    from ..viz.plot import visualize
+
+    if num_images <= 0:
+        return None
+    items = [it for it in (dataset[i] for i in range(min(num_images, len(dataset)))) if it is not None]
+    if not items:
+        return None
+    x = torch.stack([it["image"] for it in items]).float()
+    x = x[:, : getattr(model, "in_chans", x.shape[1])]
+    root = Path(dataset.samples[0][0]).parents[1]
+    names = [Path(dataset.samples[it["index"]][0]).relative_to(root).as_posix() for it in items]
+    model.cpu().eval()
+    visualize(model, x, out_dir, names=names, mean=mean, std=std, cam_methods=list(cams),
+              class_names=class_names, per_layer=per_layer)
+    return Path(out_dir) / "index.html"

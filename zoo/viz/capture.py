@@ -272,8 +272,8 @@ def _swin_probs(m: nn.Module, x: torch.Tensor, geometry: tuple) -> torch.Tensor:
     q, k = qkv[0], qkv[1]  # B*nW, heads, N, hd
     q, k, scale = m._prepare_qk(q, k)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    _, _, Hp, Wp, (wh, ww), _ = geometry
-    mask = m._build_mask(geometry, Bw // ((Hp // wh) * (Wp // ww)), q.dtype, q.device)
+    mask = m.attn_mask(geometry, q.dtype, q.device)  # nW or 1, heads, N, N (bias plus shift regions)
+    mask = mask.repeat(Bw // mask.shape[0], 1, 1, 1)  # B * nW, heads, N, N (windows batch-major)
     return ((q @ k.transpose(-2, -1)) * scale + mask).softmax(-1)
 
 

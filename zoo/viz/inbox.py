@@ -117,8 +117,10 @@ def score_model(
         batch_size: images per forward.
 
     Returns:
-        Rows ``{model, map, share, baseline, hit, n}``: mean in-box share, mean box area
-        fraction (the uniform map's share, also a random point's hit rate), pointing hit rate.
+        Rows ``{model, map, kind, share, baseline, hit, top1, n}``: map kind (a
+        :data:`zoo.viz.KINDS` key or ``"gradcam"``...), mean in-box share, mean box area fraction
+        (the uniform map's share, also a random point's hit rate), pointing hit rate, and the
+        model's top-1 on the same ``n`` images.
     """
     from ..data.embedded import read_boxes
     from .load import load_images
@@ -130,6 +132,7 @@ def score_model(
     # No crop, so the box only scales with the resize (the canvas is square).
     data = {**dict(data_config), "crop_pct": 1.0}
     acc: dict[str, dict] = {}
+    correct = 0
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
         x = load_images([root / split / p for p, _ in chunk], data, in_chans=getattr(model, "in_chans", 3))
@@ -139,24 +142,28 @@ def score_model(
         b = (b * torch.tensor([size[1] / canvas[1], size[0] / canvas[0]] * 2)).round().long()
         with torch.no_grad(), capture_attention(model) as maps:
             logits = model(x)
+        labels = torch.tensor([int(Path(p).parts[0]) for p, _ in chunk])  # class folders 0-9, sorted
+        correct += int((logits.argmax(-1).cpu() == labels).sum())
         scored = []
         summ = summary_map(maps)
         if summ is not None:
-            scored.append((f"attn {summ[0]}", summ[1]))
+            scored.append((f"attn {summ[0]}", maps.kinds[summ[0]], summ[1]))
         if cam:
             from .cam import compute_cam
 
-            scored.append((f"cam {cam}", torch.from_numpy(compute_cam(model, x, cam, targets=logits.argmax(-1).tolist()))))
+            cams = compute_cam(model, x, cam, targets=logits.argmax(-1).tolist())
+            scored.append((f"cam {cam}", cam, torch.from_numpy(cams)))
         area = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).float() / (size[0] * size[1])
-        for key, m in scored:
+        for key, kind, m in scored:
             share, hit = score_maps(m.cpu(), b, size)
-            a = acc.setdefault(key, {"share": 0.0, "hit": 0.0, "baseline": 0.0, "n": 0})
+            a = acc.setdefault(key, {"kind": kind, "share": 0.0, "hit": 0.0, "baseline": 0.0, "n": 0})
             a["share"] += float(share.sum())
             a["hit"] += float(hit.float().sum())
             a["baseline"] += float(area.sum())
             a["n"] += len(chunk)
-    return [{"model": name, "map": k, **{s: v[s] / v["n"] for s in ("share", "hit", "baseline")}, "n": v["n"]}
-            for k, v in acc.items()]
+    n = len(items)
+    return [{"model": name, "map": k, "kind": v["kind"], **{s: v[s] / v["n"] for s in ("share", "hit", "baseline")},
+             "top1": correct / max(n, 1), "n": v["n"]} for k, v in acc.items()]
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -168,9 +175,11 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 def markdown_table(rows: Sequence[dict]) -> str:
     """Rows of :func:`score_checkpoint` as a markdown table."""
-    lines = ["| model | map | in-box share | uniform share | pointing hit | n |", "|---|---|---|---|---|---|"]
+    lines = ["| model | map | type | in-box share | uniform share | pointing hit | top-1 | n |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['map']} | {r['share']:.3f} | {r['baseline']:.3f} | {r['hit']:.3f} | {r['n']} |")
+        lines.append(f"| {r['model']} | {r['map']} | {r['kind']} | {r['share']:.3f} | {r['baseline']:.3f} "
+                     f"| {r['hit']:.3f} | {r['top1']:.3f} | {r['n']} |")
     return "\n".join(lines)
 
 
