@@ -20,7 +20,7 @@ from zoo.weights.loading import pretrained_kwargs
 ROOT = Path(__file__).resolve().parents[1]
 CAT = catalog.catalog()
 # One cheap entry per (family, layout) loads in the default run; the rest are marked slow.
-FAST_ENTRIES = {"resnet18.tv_in1k", "resnet18.a1_in1k", "se_resnet50.ra2_in1k", "vit_t_16.augreg_in21k_ft_in1k",
+FAST_ENTRIES = {"resnet18.tv_in1k", "resnet18.a1_in1k", "se_resnet50.ra2_in1k", "cbam_resnet50.official_in1k", "vit_t_16.augreg_in21k_ft_in1k",
                 "swin_t.ms_orig_in1k", "swin_v2_t.ms_in1k"}
 
 
@@ -172,10 +172,8 @@ def _reference(cfg):
 
 def _entry_params():
     out = []
-    for name, cfg in CAT.items():
+    for name in CAT:
         marks = [] if name in FAST_ENTRIES else [pytest.mark.slow]
-        if cfg.upstream == "official:Jongchan/attention-module":
-            marks.append(pytest.mark.xfail(strict=True, reason="resnet filter_fn does not convert the Jongchan CBAM layout yet"))
         out.append(pytest.param(name, marks=marks, id=name))
     return out
 
@@ -207,18 +205,34 @@ def test_entry_loads_synthetic_checkpoint_in_its_layout(name, tmp_path):
 
 
 def _jongchan_cbam_reference():
-    """A ResNet-50 + CBAM state dict in Jongchan/attention-module names (no reference model to run)."""
-    tv = torchvision.models.resnet50(weights=None)
-    sd = {f"module.{k}": v for k, v in tv.state_dict().items()}
-    for name, m in tv.named_modules():
-        if isinstance(m, torchvision.models.resnet.Bottleneck):
-            c, p = m.conv3.out_channels, f"module.{name}.cbam."
-            sd.update({p + "ChannelGate.mlp.1.weight": torch.randn(c // 16, c), p + "ChannelGate.mlp.1.bias": torch.zeros(c // 16),
-                       p + "ChannelGate.mlp.3.weight": torch.randn(c, c // 16), p + "ChannelGate.mlp.3.bias": torch.zeros(c),
-                       p + "SpatialGate.spatial.conv.weight": torch.randn(1, 2, 7, 7)})
-            for b in ("weight", "bias", "running_mean", "running_var"):
-                sd[p + f"SpatialGate.spatial.bn.{b}"] = torch.ones(1)
-    return None, {"epoch": 100, "arch": "resnet", "state_dict": sd}
+    """A zoo cbam_resnet50 and its state dict renamed to Jongchan/attention-module's layout.
+
+    Their ChannelGate MLP is Sequential(Flatten, Linear, ReLU, Linear) (``mlp.1``, ``mlp.3``), their
+    spatial pooling stacks [max, mean] (ours [mean, max]), the file is ``{"state_dict": ...}`` with
+    DataParallel's ``module.`` prefix, and the old PyTorch that saved it wrote no ``num_batches_tracked``.
+    """
+    torch.manual_seed(0)
+    ref = zoo.create("cbam_resnet50").eval()
+    with torch.no_grad():  # non-trivial norms and gates, so a wrong conversion shows in the logits
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.1, 0.1)
+                m.running_mean.uniform_(-0.1, 0.1), m.running_var.uniform_(0.5, 1.5)
+    renames = [(r"\.attn\.channel\.fc1\.", ".cbam.ChannelGate.mlp.1."), (r"\.attn\.channel\.fc2\.", ".cbam.ChannelGate.mlp.3."),
+               (r"\.attn\.spatial\.conv\.", ".cbam.SpatialGate.spatial.conv."), (r"\.attn\.spatial\.bn\.", ".cbam.SpatialGate.spatial.bn.")]
+    sd = {}
+    for k, v in ref.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        if ".channel.fc" in k and k.endswith("weight"):
+            v = v[:, :, 0, 0]
+        if k.endswith("spatial.conv.weight"):
+            v = v.flip(1)
+        for pat, rep in renames:
+            k = re.sub(pat, rep, k)
+        sd[f"module.{k}"] = v.clone()
+    assert any(k.endswith("cbam.SpatialGate.spatial.bn.running_var") for k in sd)
+    return ref, {"epoch": 100, "arch": "resnet", "state_dict": sd}
 
 
 # --- pretrained= resolution end to end (catalog tag -> mirror -> cache -> load) ----------------

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, check_image_input
+from ..layers import Conv2d, DropPath, Linear, check_image_input
 from ..registry import register_model
 from .swin_convert import checkpoint_filter_fn
 
@@ -120,8 +120,8 @@ class WindowAttention(nn.Module):
         self.window_size = _pair(window_size)
         self.attn_drop = float(attn_drop)
         self._init_bias_params()
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self._cache: dict = {}
         self._cache_key: tuple | None = None
@@ -262,10 +262,11 @@ class WindowAttentionV2(WindowAttention):
         return 16 * torch.sigmoid(table[index.view(-1)].view(N, N, -1).permute(2, 0, 1))  # heads, N, N
 
     def _project_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        weight, _ = self.qkv.cast_params()
         if self.q_bias is None:
-            return F.linear(x, self.qkv.weight)
+            return F.linear(x, weight)
         bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
-        return F.linear(x, self.qkv.weight, bias)
+        return F.linear(x, weight, bias)
 
     def _prepare_qk(self, q, k):
         scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()  # heads, 1, 1
@@ -277,13 +278,13 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        return self.drop(self.fc2(self.drop(self.fc1.forward_act(x, self.act))))  # GELU fused in cached bf16 inference
 
 
 class SwinBlock(nn.Module):
@@ -380,7 +381,7 @@ class PatchMerging(nn.Module):
         super().__init__()
         out_dim = out_dim or 2 * dim
         self.norm = nn.LayerNorm(self._norm_dim(dim, out_dim))
-        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
+        self.reduction = Linear(4 * dim, out_dim, bias=False)
 
     def _norm_dim(self, dim: int, out_dim: int) -> int:
         return 4 * dim
@@ -417,7 +418,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, in_chans: int, embed_dim: int, patch_size: int):
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
+        self.proj = Conv2d(in_chans, embed_dim, patch_size, patch_size)
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -496,7 +497,7 @@ class SwinTransformer(nn.Module):
         self.num_features = dims[-1]
         self.norm = nn.LayerNorm(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
     def _stage_kwargs(self, i: int) -> dict:
@@ -524,7 +525,7 @@ class SwinTransformer(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             self._init_weights(self.head)
 

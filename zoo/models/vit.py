@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, check_image_input
+from ..layers import Conv2d, DropPath, Linear, check_image_input
 from ..registry import register_model
 
 __all__ = ["VisionTransformer", "resample_pos_embed", "checkpoint_filter_fn"]
@@ -75,8 +75,8 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.attn_drop = float(attn_drop)
-        self.qkv = nn.Linear(dim, dim * 3, bias=True)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=True)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,13 +94,13 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int, *, drop: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
         self.drop = float(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.fc1(x))
+        x = self.fc1.forward_act(x, self.act)  # GELU fused into fc1 in cached bf16 inference
         if self.drop > 0 and self.training:
             x = F.dropout(x, self.drop, True)
         x = self.fc2(x)
@@ -148,7 +148,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, patch_size: tuple[int, int], in_chans: int, embed_dim: int):
         super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)
@@ -216,7 +216,7 @@ class VisionTransformer(nn.Module):
             for p in dpr
         ])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._pos_cache: dict[tuple[int, int], tuple[tuple, torch.Tensor]] = {}
         self._init_weights()
 
@@ -253,7 +253,7 @@ class VisionTransformer(nn.Module):
                 raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}.")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)

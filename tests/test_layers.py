@@ -1,0 +1,124 @@
+"""zoo.layers.Linear / Conv2d: the cached low-precision weights of autocast inference."""
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import zoo
+from zoo.layers import Conv2d, Linear
+
+BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
+
+
+def _infer(m, x):
+    with torch.inference_mode(), torch.autocast(**BF16):
+        return m(x)
+
+
+def _layers():
+    torch.manual_seed(0)
+    return [(Linear(16, 8), torch.randn(2, 5, 16)), (Conv2d(4, 6, 3, padding=1), torch.randn(2, 4, 7, 9))]
+
+
+@pytest.mark.parametrize("i", [0, 1], ids=["linear", "conv2d"])
+def test_cached_inference_matches_the_plain_layer(i):
+    m, x = _layers()[i]
+    plain = (nn.Linear if i == 0 else nn.Conv2d)(*(m.in_features, m.out_features) if i == 0 else
+                                                 (4, 6, 3), **({} if i == 0 else {"padding": 1}))
+    plain.load_state_dict(m.state_dict())
+    m.eval(), plain.eval()
+    assert list(m.state_dict()) == list(plain.state_dict()) == ["weight", "bias"]
+    y = _infer(m, x)
+    assert m._cast is not None and m._cast[2].dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), _infer(plain, x).float(), rtol=2e-2, atol=2e-2)
+    cached = m._cast[2]
+    torch.testing.assert_close(_infer(m, x), y, rtol=0, atol=0)
+    assert m._cast[2] is cached  # reused, not recast
+
+
+def test_in_place_update_and_load_state_dict_invalidate():
+    m, x = _layers()[0]
+    m.eval()
+    y0 = _infer(m, x)
+    with torch.no_grad():
+        m.weight.mul_(-1)
+    y1 = _infer(m, x)
+    assert not torch.allclose(y0, y1)
+    torch.testing.assert_close(y1.float(), F.linear(x, m.weight, m.bias), rtol=2e-2, atol=2e-2)
+    other = Linear(16, 8)
+    m.load_state_dict(other.state_dict())
+    torch.testing.assert_close(_infer(m, x).float(), F.linear(x, other.weight, other.bias), rtol=2e-2, atol=2e-2)
+    with torch.no_grad():
+        m.bias.add_(1.0)  # a bias update alone also invalidates
+    torch.testing.assert_close(_infer(m, x).float(), F.linear(x, m.weight, m.bias), rtol=2e-2, atol=2e-2)
+    m.weight = nn.Parameter(torch.zeros_like(m.weight))  # a replaced parameter misses
+    torch.testing.assert_close(_infer(m, x).float(), m.bias.expand(2, 5, 8), rtol=2e-2, atol=2e-2)
+
+
+def test_no_cache_in_training_with_grad_or_without_autocast():
+    m, x = _layers()[0]
+    m.train()
+    with torch.no_grad(), torch.autocast(**BF16):
+        m(x)
+    assert m._cast is None
+    m.eval()
+    with torch.autocast(**BF16):
+        y = m(x)
+    assert m._cast is None and y.requires_grad
+    with torch.inference_mode():
+        m(x)
+    assert m._cast is None
+    _infer(m, x)
+    assert m._cast is not None
+    m.train()
+    assert m._cast is None  # dropped on going back to training
+
+
+def test_cache_dropped_by_to_deepcopy_and_pickle():
+    m, x = _layers()[1]
+    m.eval()
+    _infer(m, x)
+    assert m._cast is not None
+    for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert clone._cast is None
+        torch.testing.assert_close(_infer(clone, x), _infer(m, x))
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    assert torch.load(buf, weights_only=False)._cast is None
+    m.to(torch.float64)
+    assert m._cast is None and m.weight.dtype == torch.float64
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_forward_act_matches_act_of_forward(approximate):
+    torch.manual_seed(0)
+    m, x = Linear(16, 32).eval(), torch.randn(3, 16)
+    act = nn.GELU(approximate=approximate)
+    ref = act(F.linear(x, m.weight, m.bias))
+    torch.testing.assert_close(m.forward_act(x, act), ref)  # fp32: exactly the unfused path
+    with torch.inference_mode(), torch.autocast(**BF16):
+        y = m.forward_act(x, act)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("name", ["vit_t_16", "swin_v2_t", "cbam_resnet18"])
+def test_models_use_the_cache_and_agree_with_fp32(name):
+    kw = dict(img_size=64) if name.startswith("vit") else dict(window_size=4) if name.startswith("swin") else {}
+    torch.manual_seed(0)
+    m = zoo.create(name, num_classes=10, **kw).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = m(x)
+    y1, y2 = _infer(m, x), _infer(m, x)
+    cached = [n for n, mod in m.named_modules() if isinstance(mod, (Linear, Conv2d)) and mod._cast is not None]
+    assert cached and len(cached) == sum(isinstance(mod, (Linear, Conv2d)) for mod in m.modules())
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    assert (y1.float() - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
