@@ -157,3 +157,13 @@ def test_model_stats_real_model():
     assert s["img_size"] == 224
     assert s["params"] == 11_689_512
     assert s["macs"] / 1e9 == pytest.approx(1.814, rel=0.01)  # torchvision's ResNet18 _ops
+
+
+def test_table_top1_comes_from_the_default_catalog_entry():
+    from zoo.bench.table import build_table, catalog_top1
+
+    assert catalog_top1("swin_t") == (81.474, "tv_in1k")
+    assert catalog_top1("nl_resnet50") is None  # no published weights: '-' in the table
+    table = build_table(["swin_t", "nl_resnet50"], stats_fn=lambda n: {"params": 1e6, "macs": 1e9, "img_size": 224})
+    assert "| `swin_t` | 1.0 | 1.00 | 224 | 81.5 (tv_in1k) |" in table
+    assert "| `nl_resnet50` | 1.0 | 1.00 | 224 | - |" in table

@@ -22,7 +22,7 @@ from .harness import NO_TWIN
 from .report import read_csv
 from .twins import native_img_size
 
-__all__ = ["START", "END", "model_stats", "bench_lookup", "build_table", "rewrite_readme", "main"]
+__all__ = ["START", "END", "catalog_top1", "model_stats", "bench_lookup", "build_table", "rewrite_readme", "main"]
 
 START = "<!-- models-table:start -->"
 END = "<!-- models-table:end -->"
@@ -69,7 +69,7 @@ def build_table(
     *,
     bench: dict | None = None,
     stats_fn: Callable[[str], dict] = model_stats,
-    top1: Callable[[str], float | None] | None = None,
+    top1: Callable[[str], tuple[float, str] | None] | None = None,
 ) -> str:
     """Markdown table, one line per model.
 
@@ -77,25 +77,34 @@ def build_table(
         names: models to list; default every registered model.
         bench: ``{model: zoo row}`` from :func:`bench_lookup`; its img/s and ratio fill the last columns.
         stats_fn: ``name -> {"params", "macs", "img_size"}`` (tests pass a cheap one).
-        top1: ``name -> ImageNet top-1 %`` or None, the hook for a weights catalog; '-' without it.
+        top1: ``name -> (ImageNet top-1 %, weight tag)`` or None (default: :func:`catalog_top1`).
     """
     names = list_models() if names is None else names
     bench = bench or {}
+    top1 = catalog_top1 if top1 is None else top1
     lines = [
-        "| Model | Params (M) | GMACs | Input | Top-1 | CPU img/s | vs twin |",
+        "| Model | Params (M) | GMACs | Input | ImageNet top-1 (weights) | CPU img/s | vs twin |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for name in names:
         s = stats_fn(name)
-        acc = top1(name) if top1 else None
+        acc = top1(name)
         row = bench.get(name)
-        acc_cell = "-" if acc is None else f"{acc:.1f}"
+        acc_cell = "-" if acc is None else f"{acc[0]:.1f} ({acc[1]})"
         speed_cell = "-" if row is None else f"{row['img_s']:.1f}"
         lines.append(
             f"| `{name}` | {s['params'] / 1e6:.1f} | {s['macs'] / 1e9:.2f} | {s['img_size']} | "
             f"{acc_cell} | {speed_cell} | {_ratio_cell(row)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def catalog_top1(name: str) -> tuple[float, str] | None:
+    """ImageNet top-1 reported for ``name``'s default catalogued weights, with their tag; None if none."""
+    from ..weights.catalog import find_entry
+
+    entry = find_entry(name)
+    return None if entry is None or entry.top1 is None else (entry.top1, entry.tag)
 
 
 def rewrite_readme(path: str | Path, table: str) -> None:
