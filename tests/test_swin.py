@@ -404,3 +404,36 @@ def test_region_masks_cached_per_geometry(monkeypatch):
     assert len(calls) == first
     model(torch.randn(1, 3, 44, 40))  # a new geometry builds new masks
     assert len(calls) > first
+
+
+@pytest.mark.parametrize("name", ["swin_t", "swin_v2_t"])
+def test_bf16_training_explicit_attention_matches_sdpa(name, monkeypatch):
+    """CPU bf16 training writes attention out (SDPA's math fallback would upcast to fp32, see
+    WindowAttention._explicit_attention); it must compute what SDPA computes, bias gradient included."""
+    from zoo.models.swin import WindowAttention
+
+    x = torch.randn(2, 3, 36, 44)  # padding and shifted windows both active
+
+    def run(explicit: bool):
+        model = tiny(name)
+        randomize(model)
+        monkeypatch.setattr(WindowAttention, "_explicit_attention", lambda self, q: explicit)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().square().mean().backward()
+        table = "relative_position_bias_table" if name == "swin_t" else "cpb_mlp.0.weight"
+        grad = next(p.grad for n, p in model.named_parameters() if n.endswith(table))
+        return out.float(), grad.float()
+
+    out_e, grad_e = run(True)
+    out_s, grad_s = run(False)
+    assert grad_e.abs().max() > 0
+    torch.testing.assert_close(out_e, out_s, rtol=0.05, atol=0.05 * out_s.abs().max().item())
+    torch.testing.assert_close(grad_e, grad_s, rtol=0.1, atol=0.1 * grad_s.abs().max().item())
+    # and the switch really is on exactly when it should be
+    monkeypatch.undo()
+    attn = next(m for m in tiny(name).modules() if isinstance(m, WindowAttention))
+    q = torch.zeros(1, 1, 4, 8, dtype=torch.bfloat16)
+    assert attn._explicit_attention(q) and not attn._explicit_attention(q.float())
+    with torch.no_grad():
+        assert not attn._explicit_attention(q)

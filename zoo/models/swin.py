@@ -198,6 +198,10 @@ class WindowAttention(nn.Module):
         qkv = self._project_qkv(x).view(Bw, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each B*nW, heads, N, head_dim
         q, k, scale = self._prepare_qk(q, k)
+        if self._explicit_attention(q):
+            x = self._attend_explicit(q, k, v, scale, geometry)
+            x = x.transpose(1, 2).reshape(Bw, N, C)  # B*nW, N, C
+            return self.proj_drop(self.proj(x))
         mask = self.attn_mask(geometry, q.dtype, q.device)
         if mask.shape[0] not in (1, Bw):
             # CPU's fused SDPA kernels need a 4-D mask with batch 1 or B * nW (a 5-D view or a
@@ -207,6 +211,33 @@ class WindowAttention(nn.Module):
                                            dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(Bw, N, C)  # B*nW, N, C
         return self.proj_drop(self.proj(x))
+
+    def _explicit_attention(self, q: torch.Tensor) -> bool:
+        """Whether to bypass SDPA: reduced precision on CPU while the bias needs a gradient.
+
+        A mask that requires grad keeps CPU SDPA off its flash kernel (no mask gradient there); its
+        math fallback then upcasts q, k, v and the mask to float32 and runs float32 bmm, about 4x
+        slower than bfloat16 bmm. The explicit form keeps the matmuls in q's dtype.
+        """
+        return (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and torch.is_grad_enabled()
+                and any(p.requires_grad for p in self._bias_params()))
+
+    def _attend_explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
+                         geometry: tuple) -> torch.Tensor:
+        """Softmax attention with the float32 mask added to the logits: ``[B*nW, heads, N, d]`` out.
+
+        Logits (q @ k^T in q's dtype) take the mask in float32, softmax runs in float32, and the
+        probabilities go back to v's dtype for the second matmul. The mask broadcasts over B
+        instead of being repeated.
+        """
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        attn = (q * scale) @ k.transpose(-2, -1)  # B*nW, heads, N, N
+        mask = self.attn_mask(geometry, torch.float32, q.device)  # nW or 1, heads, N, N
+        Bw, heads, N, _ = attn.shape
+        attn = (attn.view(-1, mask.shape[0], heads, N, N) + mask).view(Bw, heads, N, N)
+        attn = attn.softmax(dim=-1).to(v.dtype)
+        attn = F.dropout(attn, self.attn_drop) if self.training and self.attn_drop > 0 else attn
+        return attn @ v
 
     def train(self, mode: bool = True):
         self._cache, self._cache_key = {}, None
