@@ -201,7 +201,10 @@ def test_entry_loads_synthetic_checkpoint_in_its_layout(name, tmp_path):
     # CNNs take any size: a small input keeps the default run fast. Transformers get their own size.
     x = torch.randn(1, 3, 64, 64) if "resnet" in cfg.arch else torch.randn(1, *cfg.input_size)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), ref.eval()(x), rtol=1e-4, atol=1e-4)
+        got, want = model(x), ref.eval()(x)
+    # The fidelity criterion: max abs difference <= 1e-4 x max |logit| (deep random nets give large
+    # logits, and zoo's channels-last convolutions sum in another order than the NCHW reference).
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
 
 
 def _jongchan_cbam_reference():
