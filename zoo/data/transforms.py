@@ -25,16 +25,9 @@ def pretrained_data_config(model_name: str | None, pretrained: str | bool | None
     ``pretrained`` is what ``zoo.create`` takes: True (the architecture's default tag), a tag, an
     ``arch.tag`` key or a catalogued URL. Local paths and unknown URLs have no entry: None.
     """
-    from ..weights.catalog import catalog, find_entry
+    from ..weights.catalog import entry_for
 
-    if not pretrained or not model_name:
-        return None
-    if isinstance(pretrained, str) and "://" in pretrained:
-        entry = next((c for c in catalog().values() if c.url == pretrained), None)
-    elif isinstance(pretrained, str):
-        entry = catalog().get(pretrained) or find_entry(model_name, pretrained)
-    else:
-        entry = find_entry(model_name)
+    entry = entry_for(model_name, pretrained) if model_name else None
     if entry is None:
         return None
     return {"img_size": entry.input_size[-1], "mean": entry.mean, "std": entry.std,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ __all__ = [
     "catalog_dir",
     "list_pretrained",
     "pretrained_cfg",
+    "entry_for",
     "find_entry",
     "class_names",
     "validate_entry",
@@ -190,6 +192,21 @@ def find_entry(arch: str, tag: str | bool | None = None) -> PretrainedCfg | None
         names = _arch_index().get(arch, [])
         return catalog()[names[0]] if names else None
     return catalog().get(f"{arch}.{tag}")
+
+
+def entry_for(model_name: str | None, pretrained) -> PretrainedCfg | None:
+    """The catalog entry a ``zoo.create(model_name, pretrained=...)`` value names, or None.
+
+    True: the architecture's default tag; a tag or ``arch.tag`` key; a catalogued URL. A local
+    path, an uncatalogued URL or an unknown tag: None.
+    """
+    if pretrained is True:
+        return find_entry(model_name or "")
+    if not isinstance(pretrained, str) or not pretrained or os.path.exists(pretrained):
+        return None
+    if "://" in pretrained:
+        return next((c for c in catalog().values() if c.url == pretrained), None)
+    return catalog().get(pretrained) or (find_entry(model_name, pretrained) if model_name else None)
 
 
 def pretrained_cfg(name_or_tag: str) -> PretrainedCfg | None:

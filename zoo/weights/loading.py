@@ -162,10 +162,9 @@ def resolve_source(source: bool | str | os.PathLike, model_name: str | None = No
         s = os.fspath(source)
         if os.path.exists(s):
             return s, None
+        cfg = cat.entry_for(model_name, s)
         if re.match(r"^(https?|file)://", s):
-            cfg = next((c for c in cat.catalog().values() if c.url == s), None)
             return str(download(s, sha256=cfg.sha256 if cfg else None, progress=progress)), cfg
-        cfg = cat.catalog().get(s) or (cat.find_entry(model_name, s) if model_name else None)
         if cfg is None:
             if os.sep in s or "/" in s or os.path.splitext(s)[1] in (".pth", ".pt", ".bin", ".ckpt", ".safetensors"):
                 raise FileNotFoundError(f"Checkpoint {s!r} does not exist or is not a file.")
@@ -196,12 +195,7 @@ def pretrained_kwargs(model_name: str, pretrained: bool | str | os.PathLike, kwa
     ``window_size`` gets ``pretrained_window_size`` (unless given), as the Swin v2 paper fine-tunes."""
     from . import catalog as cat
 
-    if pretrained is True:
-        cfg = cat.find_entry(model_name)
-    elif isinstance(pretrained, str) and not os.path.exists(pretrained) and "://" not in pretrained:
-        cfg = cat.catalog().get(pretrained) or cat.find_entry(model_name, pretrained)
-    else:
-        cfg = None
+    cfg = None if "://" in str(pretrained) else cat.entry_for(model_name, pretrained)
     pws = getattr(cfg, "pretrained_window_size", None)
     ws = kwargs.get("window_size")
     if pws and ws is not None and ws != pws and "pretrained_window_size" not in kwargs:
