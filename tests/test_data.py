@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import multiprocessing as mp
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,6 +19,7 @@ from zoo.data import (
     check_splits,
     collate_skip,
     ensure_embedded,
+    read_boxes,
     eval_transform,
     resolve_data_config,
     train_transform,
@@ -74,6 +76,19 @@ def test_cluttered_digits_boxes_hold_the_digit():
         assert r["path"].split("/")[0] == r["label"]
         inside = img[y0:y1, x0:x1].astype(float).sum()
         assert inside > 0.4 * img.sum()  # clutter is patches, the digit is whole
+
+
+def test_cluttered_x8_shares_validation_and_places_each_training_digit_8_times():
+    one, x8 = ensure_embedded("cluttered_digits"), ensure_embedded("cluttered_digits_x8")
+    val = read_boxes(one, "val")
+    assert val == read_boxes(x8, "val")
+    first = next(iter(val))  # the pixels too, not only the boxes
+    assert np.array_equal(cv2.imread(str(one / "val" / first)), cv2.imread(str(x8 / "val" / first)))
+    train1, train8 = read_boxes(one, "train"), read_boxes(x8, "train")
+    assert len(train8) == 8 * len(train1) == 8 * 1438
+    stem = Path(next(iter(train1))).stem  # one digit's 8 placements: 8 files, not all in one place
+    placements = [b for p, b in train8.items() if Path(p).stem.split("-")[0] == stem]
+    assert len(placements) == 8 and len(set(placements)) > 1
 
 
 def test_missing_root_and_mismatched_classes_error(tmp_path):

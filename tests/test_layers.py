@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import zoo
-from zoo.layers import Conv2d, Linear
+from zoo.layers import Conv2d, Linear, residual_add
 
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
 
@@ -122,3 +122,17 @@ def test_models_use_the_cache_and_agree_with_fp32(name):
     assert cached and len(cached) == sum(isinstance(mod, (Linear, Conv2d)) for mod in m.modules())
     torch.testing.assert_close(y1, y2, rtol=0, atol=0)
     assert (y1.float() - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
+
+
+@pytest.mark.parametrize("dx, dy", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32),
+                                    (torch.float32, torch.float32)])
+def test_residual_add_is_the_promoting_add(dx, dy):
+    x = torch.randn(2, 5, 8, dtype=dx, requires_grad=True)
+    y = torch.randn(2, 5, 8, dtype=dy, requires_grad=True)
+    out = residual_add(x, y)
+    ref = x + y
+    assert out.dtype == ref.dtype and torch.equal(out, ref)
+    g = torch.randn_like(ref)
+    gx, gy = torch.autograd.grad(out, (x, y), g)
+    rx, ry = torch.autograd.grad(ref, (x, y), g)
+    assert gx.dtype == dx and gy.dtype == dy and torch.equal(gx, rx) and torch.equal(gy, ry)

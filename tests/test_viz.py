@@ -273,7 +273,7 @@ def test_trained_cam_looks_inside_the_box():
     by a margin that broken maps (uniform, random, or the map of another image) do not reach.
 
     Grad-CAM is taken at ``layer2`` (8x8 at 64 px): ``layer4`` is 2x2 there, too coarse to place a
-    24 px digit (measured: in-box share 0.18 against the uniform 0.14 after this training).
+    24 px digit (layer2 after this training measured: in-box share 0.57, pointing hit 0.89, uniform 0.14).
     """
     from zoo.data import ensure_embedded
     from zoo.data.embedded import read_boxes
@@ -289,7 +289,7 @@ def test_trained_cam_looks_inside_the_box():
     model = zoo.create("resnet18", num_classes=10)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     model.train()
-    for _ in range(80):
+    for _ in range(140):
         idx = torch.randint(len(files), (32,))
         loss = F.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()

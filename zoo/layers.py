@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["make_divisible", "DropPath", "check_image_input", "CastCache", "Linear", "Conv2d"]
+__all__ = ["make_divisible", "DropPath", "check_image_input", "residual_add", "CastCache", "Linear", "Conv2d"]
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
@@ -46,6 +46,22 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def residual_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x + y``, with the operands cast to their promoted dtype before the add.
+
+    Under autocast the residual stream is float32 and a branch ending in a linear is bfloat16;
+    PyTorch's mixed-dtype add promotes element by element through a slow generic CPU loop
+    (measured on a ViT-B activation, one core: 5.7 ms, against 1.3 ms for the cast and a float32
+    add). Same values, dtype and autograd as ``x + y``.
+
+    Shapes: ``x`` and ``y`` broadcastable to each other.
+    """
+    if x.dtype != y.dtype:
+        dtype = torch.promote_types(x.dtype, y.dtype)
+        x, y = x.to(dtype), y.to(dtype)
+    return x + y
 
 
 def check_image_input(x: torch.Tensor, in_chans: int, min_size: int | tuple[int, int], model: str) -> None:

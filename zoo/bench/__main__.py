@@ -34,7 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", type=_csv({"fp32", "bf16"}), default=["fp32"])
     p.add_argument("--mode", type=_csv({"infer", "train"}), default=["infer"])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--compile", action="store_true", help="torch.compile every model (inductor)")
+    p.add_argument("--freeze", action="store_true",
+                   help="--compile with inductor freezing for inference (weights as constants; CPU inference advice)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--repeats", type=int, default=5, help="timed interleaved rounds (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ceilings = {p: matmul_ceiling_gflops(p, args.device) for p in args.precision}
     rows = run_bench(
         cases, batch=args.batch, img_size=args.img_size, precisions=args.precision, modes=args.mode,
-        device=args.device, compile=args.compile, channels_last=args.channels_last, repeats=args.repeats,
+        device=args.device, compile=args.compile, freeze=args.freeze, channels_last=args.channels_last, repeats=args.repeats,
         warmup=args.warmup, iters=args.iters, ceilings=ceilings,
     )
     paths = write_outputs(rows, machine, ceilings, args.out)

@@ -8,6 +8,7 @@ the interleaved timing. Train throughput counts a training step as 3x the forwar
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import statistics
 import sys
@@ -75,6 +76,7 @@ def run_bench(
     modes: Sequence[str] = ("infer",),
     device: str = "cpu",
     compile: bool = False,
+    freeze: bool = False,
     channels_last: bool = False,
     repeats: int = 5,
     warmup: int = 2,
@@ -93,7 +95,10 @@ def run_bench(
         precisions: any of ``"fp32"``, ``"bf16"`` (autocast).
         modes: any of ``"infer"``, ``"train"`` (forward + backward + SGD step).
         device: ``"cpu"`` or ``"cuda"``.
-        compile: wrap every model in ``torch.compile``.
+        compile: wrap every model in ``torch.compile`` (inductor).
+        freeze: with ``compile``, inductor freezing for inference (weights folded into the graph
+            as constants, cast once, pre-packed for oneDNN: PyTorch's advice for CPU inference).
+            Training steps are compiled as without it. Implies ``compile``.
         channels_last: models and input in channels-last memory format.
         repeats: timed rounds; each round runs every implementation ``iters`` times, in turn.
         warmup: untimed steps per implementation before timing.
@@ -104,6 +109,8 @@ def run_bench(
         log: progress messages.
     """
     dev = torch.device(device)
+    compile = compile or freeze
+    compiled = ("inductor+freezing" if freeze else "inductor") if compile else "eager"
     if ceilings is None:
         ceilings = {p: matmul_ceiling_gflops(p, dev) for p in precisions}
     rows: list[dict] = []
@@ -120,9 +127,10 @@ def run_bench(
             for mode in modes:
                 log(f"{case.name}: {precision} {mode} ({', '.join(i.name for i in impls)})")
                 steps = [make_step(m, mode, precision, x) for m in models[1]]
-                for step in steps:
-                    for _ in range(warmup):
-                        step()
+                with _inductor_freezing(freeze):  # compilation happens in the first calls
+                    for step in steps:
+                        for _ in range(warmup):
+                            step()
                 mem = [peak_step_memory_mb(step, dev) for step in steps]
                 times = time_interleaved(steps, device=dev, repeats=repeats, iters=iters, timer=timer)
                 flops_per_img = {"infer": 2, "train": 6}[mode]
@@ -139,7 +147,7 @@ def run_bench(
                     rows.append({
                         "model": case.name, "impl": impl.name, "library": impl.library,
                         "device": dev.type, "precision": precision, "mode": mode, "batch": batch,
-                        "img_size": size, "channels_last": channels_last, "compile": compile,
+                        "img_size": size, "channels_last": channels_last, "compile": compiled,
                         "params_m": params[impl.name] / 1e6, "gmacs": macs[impl.name] / 1e9,
                         "img_s": img_s, "ms_per_batch": med[j] * 1e3, "mem_mb": mem[j],
                         "gflop_s": gflop_s, "ceiling_gflop_s": ceilings[precision],
@@ -149,6 +157,14 @@ def run_bench(
         del models, steps
         gc.collect()
     return rows
+
+
+def _inductor_freezing(on: bool):
+    if not on:
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(freezing=True)
 
 
 def _build(case: BenchCase, size: int, dev: torch.device, channels_last: bool, compile: bool, log):

@@ -39,7 +39,7 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     Args:
         root: dataset folder; None with ``embedded`` set uses the cache.
-        embedded: ``"digits"``, ``"cluttered_digits"`` or None.
+        embedded: a key of ``zoo.data.embedded.EMBEDDED`` or None.
         img_size, mean, std, interpolation, crop_pct: preprocessing defaults, overridden by the
             model's pretrained entry when one is catalogued (:func:`resolve_data_config`).
         batch_size: per process.
@@ -72,7 +72,7 @@ class ImageFolderDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if root is None and embedded is None:
-            raise ValueError("Give data.root (an ImageFolder tree) or data.embedded (digits, cluttered_digits).")
+            raise ValueError("Give data.root (an ImageFolder tree) or data.embedded (digits, cluttered_digits, cluttered_digits_x8).")
         self.root, self.embedded = root, embedded
         self.data_config = resolve_data_config(
             model_name,

@@ -3,12 +3,14 @@
 ``digits``: the 1,797 8x8 handwritten digits of ``sklearn.datasets.load_digits`` (UCI optdigits),
 upscaled to 32 px PNGs. ``cluttered_digits``: each digit (24 px) at a random place on a 64x64 canvas
 among clutter patches cut from other digits, with the digit's box in ``<split>/boxes.csv`` so that
-attention maps can be scored by the mass they put inside it. Both are written once into the cache
+attention maps can be scored by the mass they put inside it; ``cluttered_digits_x8`` places every
+training digit 8 times (same validation split). Both are written once into the cache
 (``$ZOO_DATA`` or ``$XDG_CACHE_HOME/zoo/data``), atomically: built in a temporary folder, then renamed.
 """
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import shutil
 import tempfile
@@ -59,38 +61,52 @@ def _write_digits(out: Path) -> None:
         cv2.imwrite(str(d / f"{i:04d}.png"), big)
 
 
-def _write_cluttered(out: Path, canvas: int = 64, digit: int = 24, n_clutter: int = 4, patch: int = 8) -> None:
+def _place(rng, canvas_img: np.ndarray, big: np.ndarray, i: int, n_clutter: int, patch: int) -> tuple[int, int]:
+    """Draw ``n_clutter`` patches of random other digits, then digit ``i`` on top; returns its (y0, x0)."""
+    canvas, digit = canvas_img.shape[0], big.shape[1]
+    for _ in range(n_clutter):  # patches of other digits, so the class is only in the box
+        src = big[rng.integers(len(big))]
+        sy, sx = rng.integers(0, digit - patch, size=2)
+        ty, tx = rng.integers(0, canvas - patch, size=2)
+        canvas_img[ty:ty + patch, tx:tx + patch] = np.maximum(canvas_img[ty:ty + patch, tx:tx + patch],
+                                                              src[sy:sy + patch, sx:sx + patch])
+    y0, x0 = rng.integers(0, canvas - digit, size=2)
+    canvas_img[y0:y0 + digit, x0:x0 + digit] = np.maximum(canvas_img[y0:y0 + digit, x0:x0 + digit], big[i])
+    return int(y0), int(x0)
+
+
+def _write_cluttered(out: Path, canvas: int = 64, digit: int = 24, n_clutter: int = 4, patch: int = 8,
+                     train_copies: int = 1) -> None:
+    """Each training digit is placed ``train_copies`` times (new place, new clutter): transformers
+    need more than 1,437 images to learn where to look. Validation does not depend on
+    ``train_copies`` (its own random stream), so every variant is scored on the same 359 images."""
     images, labels = _digits()
     val = _split(len(labels), labels)
-    rng = np.random.default_rng(_SEED + 1)
     big = np.stack([cv2.resize(im, (digit, digit), interpolation=cv2.INTER_CUBIC) for im in images])
-    rows = {"train": [], "val": []}
-    for i, y in enumerate(labels):
-        split = "val" if val[i] else "train"
-        img = np.zeros((canvas, canvas), np.uint8)
-        for _ in range(n_clutter):  # patches of other digits, so the class is only in the box
-            src = big[rng.integers(len(big))]
-            sy, sx = rng.integers(0, digit - patch, size=2)
-            ty, tx = rng.integers(0, canvas - patch, size=2)
-            img[ty:ty + patch, tx:tx + patch] = np.maximum(img[ty:ty + patch, tx:tx + patch],
-                                                           src[sy:sy + patch, sx:sx + patch])
-        y0, x0 = rng.integers(0, canvas - digit, size=2)
-        img[y0:y0 + digit, x0:x0 + digit] = np.maximum(img[y0:y0 + digit, x0:x0 + digit], big[i])
-        rel = Path(str(y)) / f"{i:04d}.png"
-        (out / split / rel.parent).mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(out / split / rel), img)
-        rows[split].append((rel.as_posix(), int(y), int(x0), int(y0), int(x0 + digit), int(y0 + digit)))
-    for split, r in rows.items():
+    for split, copies, seed in (("val", 1, _SEED + 1), ("train", train_copies, _SEED + 2)):
+        rng = np.random.default_rng(seed)
+        rows = []
+        for c in range(copies):
+            for i in np.flatnonzero(val == (split == "val")):
+                y = int(labels[i])
+                img = np.zeros((canvas, canvas), np.uint8)
+                y0, x0 = _place(rng, img, big, i, n_clutter, patch)
+                rel = Path(str(y)) / (f"{i:04d}.png" if c == 0 else f"{i:04d}-{c}.png")
+                (out / split / rel.parent).mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(out / split / rel), img)
+                rows.append((rel.as_posix(), y, x0, y0, x0 + digit, y0 + digit))
         with open(out / split / "boxes.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["path", "label", "x0", "y0", "x1", "y1"])
-            w.writerows(r)
+            w.writerows(rows)
 
 
 # name -> (folder name with a format version, writer). Bump the version when the writer changes.
 EMBEDDED = {
     "digits": ("digits-v1", _write_digits),
-    "cluttered_digits": ("cluttered_digits-v1", _write_cluttered),
+    "cluttered_digits": ("cluttered_digits-v2", _write_cluttered),
+    # Same validation images; 8 placements of every training digit (11,504 images).
+    "cluttered_digits_x8": ("cluttered_digits_x8-v2", functools.partial(_write_cluttered, train_copies=8)),
 }
 
 
@@ -101,7 +117,7 @@ def ensure_embedded(name: str, root: str | os.PathLike | None = None) -> Path:
     place; the loser's rename fails and its copy is discarded.
 
     Args:
-        name: ``"digits"`` or ``"cluttered_digits"``.
+        name: a key of :data:`EMBEDDED` (``"digits"``, ``"cluttered_digits"``, ``"cluttered_digits_x8"``).
         root: cache folder; default :func:`cache_dir`.
 
     Returns:

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
-from ..layers import Conv2d, DropPath, Linear, check_image_input
+from ..layers import Conv2d, DropPath, Linear, check_image_input, residual_add
 from ..registry import create_block, register_model
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "ATTN_PLACEMENT", "NL_AFTER", "filter_fn"]
@@ -64,7 +64,7 @@ class _ResBlock(nn.Module):
         if self.attn is not None:
             out = self.attn(out)
         shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.act(self.drop_path(out) + shortcut)
+        out = self.act(residual_add(shortcut, self.drop_path(out)))
         if self.post_attn is not None:
             out = self.post_attn(out)
         return out

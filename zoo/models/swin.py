@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import Conv2d, DropPath, Linear, check_image_input
+from ..layers import Conv2d, DropPath, Linear, check_image_input, residual_add
 from ..registry import register_model
 from .swin_convert import checkpoint_filter_fn
 
@@ -377,8 +377,8 @@ class SwinBlock(nn.Module):
         return self.mlp(self.norm2(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn_branch(x))
-        return x + self.drop_path(self.mlp_branch(x))
+        x = residual_add(x, self.drop_path(self.attn_branch(x)))
+        return residual_add(x, self.drop_path(self.mlp_branch(x)))
 
 
 class SwinBlockV2(SwinBlock):

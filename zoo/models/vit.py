@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import Conv2d, DropPath, Linear, check_image_input
+from ..layers import Conv2d, DropPath, Linear, check_image_input, residual_add
 from ..registry import register_model
 
 __all__ = ["VisionTransformer", "resample_pos_embed", "checkpoint_filter_fn"]
@@ -133,8 +133,8 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = residual_add(x, self.drop_path(self.attn(self.norm1(x))))
+        return residual_add(x, self.drop_path(self.mlp(self.norm2(x))))
 
 
 class PatchEmbed(nn.Module):
