@@ -100,6 +100,21 @@ def test_outputs_written(clock, tmp_path):
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", [{"compile": True}, {"freeze": True}, {"channels_last": True}])
+def test_compile_freeze_and_channels_last_run_through_the_harness(flags):
+    """The compiled, frozen and channels-last paths run inference and a training step, real clock."""
+    plain = lambda size: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                       nn.Flatten(), nn.Linear(4, 5))
+    case = BenchCase("tiny", Impl("zoo", "zoo:tiny", plain), [Impl("ref", "ref:tiny", plain)], img_size=8)
+    rows = run_bench([case], batch=2, repeats=2, warmup=2, modes=("infer", "train"), ceilings={"fp32": 100.0},
+                     log=lambda msg: None, **flags)
+    assert len(rows) == 4 and all(r["img_s"] > 0 and r["ratio"] > 0 for r in rows)
+    expected = {"compile": "inductor", "freeze": "inductor+freezing"}.get(next(iter(flags)), "eager")
+    assert {r["compile"] for r in rows} == {expected}
+    assert {r["channels_last"] for r in rows} == {bool(flags.get("channels_last"))}
+
+
 def test_cli_list(capsys):
     assert bench_main(["resnet*", "--list"]) == 0
     out = capsys.readouterr().out
