@@ -323,3 +323,27 @@ def test_trained_cam_looks_inside_the_box():
         assert not looks_inside(s, h), (name, s, h, baseline)
     other_share, other_hit = controls["other image's map"]
     assert share > other_share + 0.05 and hit > other_hit + 0.3, (share, hit, other_share, other_hit)
+
+
+def test_inbox_cli_scores_every_layer(tmp_path, capsys):
+    """``python -m zoo.viz.inbox CKPT --layers all``: a row per captured spatial map and the CAM,
+    shares and hits in [0, 1], the uniform share equal to the mean box area (24 px box, 64 px canvas)."""
+    from zoo.viz.inbox import main as inbox_main
+
+    model = zoo.create("cbam_resnet18", num_classes=10).eval()
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "zoo": {"model_name": "cbam_resnet18", "num_classes": 10, "class_names": [str(i) for i in range(10)],
+                    "data_config": {"img_size": 64, "mean": (0.5,) * 3, "std": (0.5,) * 3,
+                                    "interpolation": "bilinear", "crop_pct": 1.0}, "model_kwargs": {}}}
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    inbox_main([str(tmp_path / "last.ckpt"), "--limit", "8", "--layers", "all"])
+    rows = [r.split("|")[1:-1] for r in capsys.readouterr().out.strip().splitlines()[2:]]
+    maps = [r[1].strip() for r in rows]
+    # 8 CBAM spatial gates (one per block, the deepest first as the summary) and Grad-CAM
+    assert len(maps) == 9 and maps[0] == "attn layer4.1.attn.spatial" and maps[-1] == "cam gradcam"
+    assert len(set(maps)) == 9
+    for r in rows:
+        share, uniform, hit = float(r[3]), float(r[4]), float(r[5])
+        assert 0 <= share <= 1 and 0 <= hit <= 1 and uniform == pytest.approx(24**2 / 64**2, abs=1e-3)
+    with pytest.raises(SystemExit):
+        inbox_main([str(tmp_path / "last.ckpt"), "--layers", "some"])

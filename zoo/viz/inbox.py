@@ -4,9 +4,9 @@ Pointing game: Zhang et al., Top-down Neural Attention by Excitation Backprop, 2
 (arXiv:1608.00507): a map "hits" when its maximum lies inside the object's box. The in-box share
 is the fraction of the map's mass inside the box; a uniform map scores the box's area fraction.
 
-``python -m zoo.viz.inbox CKPT [CKPT ...] [--split val] [--limit 200] [--cam gradcam]`` prints a
-markdown table, one row per (checkpoint, map): the deepest captured attention map (ViT: the
-rollout) and the CAM.
+``python -m zoo.viz.inbox CKPT [CKPT ...] [--split val] [--limit 200] [--cam gradcam] [--layers all]``
+prints a markdown table, one row per (checkpoint, map): the deepest captured attention map (ViT:
+the rollout), every captured spatial map with ``--layers all``, and the CAM.
 """
 from __future__ import annotations
 
@@ -63,9 +63,12 @@ def summary_map(maps: AttentionMaps) -> tuple[str, torch.Tensor] | None:
     keys = list(maps.of_kind(*_SUMMARY_KINDS))
     if not keys:
         return None
-    key = keys[-1]
-    m = maps[key]
-    return key, m.mean(1) if m.ndim == 4 else m
+    return keys[-1], _head_mean(maps[keys[-1]])
+
+
+def _head_mean(m: torch.Tensor) -> torch.Tensor:
+    """``[B, heads, h, w]`` -> ``[B, h, w]``; a ``[B, h, w]`` map unchanged."""
+    return m.mean(1) if m.ndim == 4 else m
 
 
 def _cluttered_root(root: str | os.PathLike | None) -> Path:
@@ -84,13 +87,14 @@ def score_checkpoint(
     limit: int | None = 200,
     cam: str | None = "gradcam",
     batch_size: int = 50,
+    layers: str = "deepest",
 ) -> list[dict]:
     """Score one train.py checkpoint on ``cluttered_digits``; see :func:`score_model`."""
     from .load import load_model
 
     model, info = load_model(ckpt_path=ckpt_path)
     return score_model(model, info["data_config"], name=info["name"], root=root, split=split, limit=limit,
-                       cam=cam, batch_size=batch_size)
+                       cam=cam, batch_size=batch_size, layers=layers)
 
 
 def score_model(
@@ -103,6 +107,7 @@ def score_model(
     limit: int | None = 200,
     cam: str | None = "gradcam",
     batch_size: int = 50,
+    layers: str = "deepest",
 ) -> list[dict]:
     """Score a model's maps on ``cluttered_digits``: a row per scored map.
 
@@ -115,6 +120,9 @@ def score_model(
         limit: images scored (the first ``limit`` paths in sorted order); None for all.
         cam: a CAM method scored too, or None.
         batch_size: images per forward.
+        layers: ``"deepest"`` scores :func:`summary_map` (ViT: the rollout); ``"all"`` adds a row
+            for every captured spatial map (head mean), to see where in depth the attention finds
+            the object.
 
     Returns:
         Rows ``{model, map, kind, share, baseline, hit, top1, n}``: map kind (a
@@ -125,6 +133,8 @@ def score_model(
     from ..data.embedded import read_boxes
     from .load import load_images
 
+    if layers not in ("deepest", "all"):
+        raise ValueError(f"layers must be 'deepest' or 'all', got {layers!r}")
     model.eval()
     root = _cluttered_root(root)
     boxes = read_boxes(root, split)
@@ -148,6 +158,9 @@ def score_model(
         summ = summary_map(maps)
         if summ is not None:
             scored.append((f"attn {summ[0]}", maps.kinds[summ[0]], summ[1]))
+        if layers == "all":
+            scored += [(f"attn {k}", maps.kinds[k], _head_mean(maps[k])) for k in maps.of_kind(*_SUMMARY_KINDS)
+                       if summ is None or k != summ[0]]
         if cam:
             from .cam import compute_cam
 
@@ -190,11 +203,13 @@ def main(argv: Sequence[str] | None = None) -> str:
     p.add_argument("--split", default="val")
     p.add_argument("--limit", type=int, default=200, help="images scored per model (0: all)")
     p.add_argument("--cam", default="gradcam", help="CAM method, or 'none'")
+    p.add_argument("--layers", choices=["deepest", "all"], default="deepest",
+                   help="score the deepest attention map only, or every captured spatial map")
     args = p.parse_args(argv)
     rows = []
     for c in args.ckpts:
         rows += score_checkpoint(c, root=args.root, split=args.split, limit=args.limit or None,
-                                 cam=None if args.cam == "none" else args.cam)
+                                 cam=None if args.cam == "none" else args.cam, layers=args.layers)
     table = markdown_table(rows)
     print(table)
     return table
