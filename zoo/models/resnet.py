@@ -215,7 +215,6 @@ class ResNet(nn.Module):
         self.in_chans = in_chans
         self.img_size = img_size
         self.arch = f"ResNet(layers={tuple(layers)}, block={block!r}, attn={attn!r})"
-        self._attn_name = attn  # which block, for the channels-last choice in forward_features
         self.grad_checkpointing = False
 
         self.conv1 = Conv2d(in_chans, 64, 7, 2, 3, bias=False)
@@ -281,13 +280,13 @@ class ResNet(nn.Module):
         # Any size >= 1 goes through (padding, ceil-mode pooling, global mean); `sa` resamples its
         # position tables when the map differs from the img_size they were built for.
         check_image_input(x, self.in_chans, 1, self.arch)
-        if x.device.type == "cpu" and (not torch.is_grad_enabled() or self._attn_name is None):
+        if x.device.type == "cpu":
             # oneDNN runs NCHW convolutions by reordering to and from its blocked layout around
-            # every conv; in channels-last (which every later op keeps) it does not. Measured with
-            # zoo.bench on 2 cores, batch 16: inference 1.1-1.7x for ResNet-50, SE and CBAM
-            # variants; a ResNet-50 train step 1.25x (fp32) and 1.45x (bf16). But a CBAM ResNet-50
-            # bf16 train step got slower (0.68x, in convolution_backward), so with autograd only the
-            # attention-free ResNets switch. The returned map is channels-last in memory, NCHW in shape.
+            # every conv; in channels-last (which every later op keeps) it does not. Measured on
+            # 2 cores, batch 16, channels-last / NCHW: inference 1.1-1.7x for ResNet-50, SE and CBAM
+            # variants; a train step 1.2-1.5x for ResNet-50 and the se/eca/gc/cbam/sa variants,
+            # fp32 and bf16, and 1.6x (fp32) / 4.2x (bf16) for nl. The returned map is channels-last
+            # in memory, NCHW in shape.
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(self.act(self.bn1(self.conv1(x))))
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
