@@ -97,12 +97,24 @@ def test_cache_dropped_by_to_deepcopy_and_pickle():
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
-def test_forward_act_matches_act_of_forward(approximate):
+def test_forward_act_matches_act_of_forward(approximate, monkeypatch):
+    import zoo.layers as layers
+
+    calls = []
+    if layers._ONEDNN_LINEAR is not None:
+        fused = layers._ONEDNN_LINEAR
+        monkeypatch.setattr(layers, "_ONEDNN_LINEAR", lambda *a: calls.append(a[3]) or fused(*a))
     torch.manual_seed(0)
     m, x = Linear(16, 32).eval(), torch.randn(3, 16)
     act = nn.GELU(approximate=approximate)
     ref = act(F.linear(x, m.weight, m.bias))
-    torch.testing.assert_close(m.forward_act(x, act), ref)  # fp32: exactly the unfused path
+    torch.testing.assert_close(m.forward_act(x, act), ref)  # fp32 with autograd: the unfused path
+    with torch.inference_mode():  # fp32 inference: oneDNN's fused GEMM + GELU for exact GELU
+        y = m.forward_act(x[None], act)
+    assert y.shape == (1, 3, 32) and y.dtype == torch.float32
+    torch.testing.assert_close(y[0], ref, rtol=1e-5, atol=1e-5)
+    if layers._ONEDNN_LINEAR is not None:  # fused exactly when the GELU is the exact one
+        assert calls == (["gelu"] if approximate == "none" else [])
     with torch.inference_mode(), torch.autocast(**BF16):
         y = m.forward_act(x, act)
     assert y.dtype == torch.bfloat16
