@@ -65,8 +65,16 @@ def _native_mha_flop(query_shape, key_shape, value_shape, embed_dim, num_head, *
     return 2 * (proj + attn)
 
 
+def _onednn_linear_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    # zoo.layers.Linear's fused oneDNN linear (+ bias, + GELU) in CPU inference: x [..., in], w [out, in].
+    return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
+
+
 def _custom_mapping() -> dict:
     mapping = {aten._native_multi_head_attention: _native_mha_flop}
+    linear = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if linear is not None:
+        mapping[linear] = _onednn_linear_flop
     fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
     if fwd is not None:
