@@ -273,7 +273,8 @@ def test_trained_cam_looks_inside_the_box():
     by a margin that broken maps (uniform, random, or the map of another image) do not reach.
 
     Grad-CAM is taken at ``layer2`` (8x8 at 64 px): ``layer4`` is 2x2 there, too coarse to place a
-    24 px digit (layer2 after this training measured: in-box share 0.57, pointing hit 0.89, uniform 0.14).
+    24 px digit (layer2 after this training measured: in-box share 0.40-0.46, pointing hit 0.67-0.86 with 1-2
+    threads, uniform 0.14).
     """
     from zoo.data import ensure_embedded
     from zoo.data.embedded import read_boxes
@@ -287,14 +288,19 @@ def test_trained_cam_looks_inside_the_box():
     y = torch.tensor([int(f.parent.name) for f in files])
     torch.manual_seed(0)
     model = zoo.create("resnet18", num_classes=10)
+    steps = 160
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    # Decaying to 0 makes the end point stable (a constant rate oscillates, measured in-box share
+    # 0.17-0.46 over steps 100-200, and differently with 1 or 2 threads).
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)
     model.train()
-    for _ in range(140):
+    for _ in range(steps):
         idx = torch.randint(len(files), (32,))
         loss = F.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
     model.eval()
 
     val = sorted(read_boxes(root, "val").items())[:100]
