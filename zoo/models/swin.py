@@ -163,6 +163,13 @@ class WindowAttention(nn.Module):
 
         ``geometry`` is ``(H, W, Hp, Wp, window, shift)`` of the (padded) map.
         """
+        if torch.compiler.is_compiling():
+            # No caches under torch.compile: data_ptr/_version would break the graph (one graph
+            # per block, recompiled per block); the traced mask is folded by inductor's freezing.
+            bias = self.position_bias(geometry[4])
+            region = _region_mask(*geometry)
+            mask = bias[None] if region is None else bias[None] + region.to(device)[:, None]
+            return mask.to(dtype)
         cached = not self.training and not (
             torch.is_grad_enabled() and any(p.requires_grad for p in self._bias_params()))
         if not cached:
