@@ -163,14 +163,9 @@ class WindowAttention(nn.Module):
 
         ``geometry`` is ``(H, W, Hp, Wp, window, shift)`` of the (padded) map.
         """
-        if torch.compiler.is_compiling():
-            # No caches under torch.compile: data_ptr/_version would break the graph (one graph
-            # per block, recompiled per block); the traced mask is folded by inductor's freezing.
-            bias = self.position_bias(geometry[4])
-            region = _region_mask(*geometry)
-            mask = bias[None] if region is None else bias[None] + region.to(device)[:, None]
-            return mask.to(dtype)
-        cached = not self.training and not (
+        # No caches under torch.compile: their data_ptr/_version checks break the graph (one graph
+        # per block, recompiled per block); inductor's freezing folds the traced mask instead.
+        cached = not torch.compiler.is_compiling() and not self.training and not (
             torch.is_grad_enabled() and any(p.requires_grad for p in self._bias_params()))
         if not cached:
             return self._build_mask(geometry, dtype, device)
@@ -186,19 +181,26 @@ class WindowAttention(nn.Module):
         return mask
 
     def _build_mask(self, geometry: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        H, W, Hp, Wp, window, shift = geometry
-        bias = self.position_bias(window)  # heads, N, N
+        bias = self.position_bias(geometry[4])  # heads, N, N
+        region = self._region(geometry, device)
+        if region is None:
+            return bias.to(dtype)[None]  # 1, heads, N, N
+        return (bias[None] + region[:, None]).to(dtype)  # nW, heads, N, N
+
+    def _region(self, geometry: tuple, device: torch.device) -> torch.Tensor | None:
+        """The shift / padding mask ``[nW, N, N]`` (None: nothing masked), cached per geometry
+        except under torch.compile, which traces it."""
+        if torch.compiler.is_compiling():
+            region = _region_mask(*geometry)
+            return None if region is None else region.to(device)
         key = (geometry, device)
         if key not in self._region_cache:
             if len(self._region_cache) > 32:
                 self._region_cache.clear()
             with torch.inference_mode(False):
-                region = _region_mask(H, W, Hp, Wp, window, shift)
+                region = _region_mask(*geometry)
                 self._region_cache[key] = None if region is None else region.to(device)
-        region = self._region_cache[key]
-        if region is None:
-            return bias.to(dtype)[None]  # 1, heads, N, N
-        return (bias[None] + region[:, None]).to(dtype)  # nW, heads, N, N
+        return self._region_cache[key]
 
     def forward(self, x: torch.Tensor, geometry: tuple) -> torch.Tensor:
         Bw, N, C = x.shape
