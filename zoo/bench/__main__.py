@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ceilings = {p: matmul_ceiling_gflops(p, args.device) for p in args.precision}
     rows = run_bench(
         cases, batch=args.batch, img_size=args.img_size, precisions=args.precision, modes=args.mode,
-        device=args.device, compile=args.compile, freeze=args.freeze, channels_last=args.channels_last, repeats=args.repeats,
-        warmup=args.warmup, iters=args.iters, ceilings=ceilings,
+        device=args.device, compile=args.compile, freeze=args.freeze, channels_last=args.channels_last,
+        repeats=args.repeats, warmup=args.warmup, iters=args.iters, ceilings=ceilings,
     )
     paths = write_outputs(rows, machine, ceilings, args.out)
     print(markdown_report(rows, machine, ceilings))

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import lightning as L
 import torch
 
-from .embedded import ensure_embedded
+from .embedded import EMBEDDED, ensure_embedded
 from .folder import EpochSampler, ImageFolder, ResumableLoader, collate_skip, find_classes
 from .transforms import eval_transform, resolve_data_config, train_transform
 
@@ -72,7 +72,7 @@ class ImageFolderDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if root is None and embedded is None:
-            raise ValueError("Give data.root (an ImageFolder tree) or data.embedded (digits, cluttered_digits, cluttered_digits_x8).")
+            raise ValueError(f"Give data.root (an ImageFolder tree) or data.embedded ({', '.join(EMBEDDED)}).")
         self.root, self.embedded = root, embedded
         self.data_config = resolve_data_config(
             model_name,

@@ -165,8 +165,7 @@ class WindowAttention(nn.Module):
         """
         # No caches under torch.compile: their data_ptr/_version checks break the graph (one graph
         # per block, recompiled per block); inductor's freezing folds the traced mask instead.
-        cached = not torch.compiler.is_compiling() and not self.training and not (
-            torch.is_grad_enabled() and any(p.requires_grad for p in self._bias_params()))
+        cached = not torch.compiler.is_compiling() and not self.training and not self._bias_needs_grad()
         if not cached:
             return self._build_mask(geometry, dtype, device)
         version = tuple((p.data_ptr(), p._version) for p in self._bias_params())
@@ -202,11 +201,18 @@ class WindowAttention(nn.Module):
                 self._region_cache[key] = None if region is None else region.to(device)
         return self._region_cache[key]
 
-    def forward(self, x: torch.Tensor, geometry: tuple) -> torch.Tensor:
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float | None]:
+        """``[B*nW, N, C]`` -> q, k, v ``[B*nW, heads, N, head_dim]`` (q, k prepared: v2 normalises
+        and scales them) and the logit scale to use (None: SDPA's default, ``head_dim ** -0.5``)."""
         Bw, N, C = x.shape
         qkv = self._project_qkv(x).view(Bw, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each B*nW, heads, N, head_dim
+        q, k, v = qkv.unbind(0)
         q, k, scale = self._prepare_qk(q, k)
+        return q, k, v, scale
+
+    def forward(self, x: torch.Tensor, geometry: tuple) -> torch.Tensor:
+        Bw, N, C = x.shape
+        q, k, v, scale = self.qkv_heads(x)
         if self._explicit_attention(q):
             x = self._attend_explicit(q, k, v, scale, geometry)
             x = x.transpose(1, 2).reshape(Bw, N, C)  # B*nW, N, C
@@ -231,25 +237,31 @@ class WindowAttention(nn.Module):
         which windows never have): measured 0.93x timm for a float32 Swin-T train step. The
         explicit form keeps the matmuls in q's dtype and broadcasts the mask.
         """
-        return (q.device.type == "cpu" and torch.is_grad_enabled()
-                and any(p.requires_grad for p in self._bias_params()))
+        return q.device.type == "cpu" and self._bias_needs_grad()
+
+    def _bias_needs_grad(self) -> bool:
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self._bias_params())
 
     def _attend_explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
                          geometry: tuple) -> torch.Tensor:
-        """Softmax attention with the float32 mask added to the logits: ``[B*nW, heads, N, d]`` out.
+        """Softmax attention written out (see :meth:`attention_probs`): ``[B*nW, heads, N, d]`` out.
+        The probabilities go back to v's dtype for the second matmul."""
+        attn = self.attention_probs(q, k, scale, geometry).to(v.dtype)
+        attn = F.dropout(attn, self.attn_drop) if self.training and self.attn_drop > 0 else attn
+        return attn @ v
 
-        Logits (q @ k^T in q's dtype) take the mask in float32, softmax runs in float32, and the
-        probabilities go back to v's dtype for the second matmul. The mask broadcasts over B
-        instead of being repeated.
+    def attention_probs(self, q: torch.Tensor, k: torch.Tensor, scale: float | None, geometry: tuple) -> torch.Tensor:
+        """Attention probabilities ``[B*nW, heads, N, N]`` in float32 (what SDPA computes inside).
+
+        Logits (q @ k^T in q's dtype) take the float32 mask, broadcast over B rather than
+        repeated, and the softmax runs in float32. Also what ``zoo.capture_attention`` reads.
         """
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         attn = (q * scale) @ k.transpose(-2, -1)  # B*nW, heads, N, N
         mask = self.attn_mask(geometry, torch.float32, q.device)  # nW or 1, heads, N, N
         Bw, heads, N, _ = attn.shape
         attn = (attn.view(-1, mask.shape[0], heads, N, N) + mask).view(Bw, heads, N, N)
-        attn = attn.softmax(dim=-1).to(v.dtype)
-        attn = F.dropout(attn, self.attn_drop) if self.training and self.attn_drop > 0 else attn
-        return attn @ v
+        return attn.softmax(dim=-1)
 
     def train(self, mode: bool = True):
         self._cache, self._cache_key = {}, None
@@ -327,7 +339,7 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.fc1.forward_act(x, self.act))))  # GELU fused in cached bf16 inference
+        return self.drop(self.fc2(self.drop(self.fc1.forward_act(x, self.act))))  # GELU fused in CPU inference
 
 
 class SwinBlock(nn.Module):

@@ -100,7 +100,7 @@ class Mlp(nn.Module):
         self.drop = float(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fc1.forward_act(x, self.act)  # GELU fused into fc1 in cached bf16 inference
+        x = self.fc1.forward_act(x, self.act)  # GELU fused into fc1 in CPU inference
         if self.drop > 0 and self.training:
             x = F.dropout(x, self.drop, True)
         x = self.fc2(x)

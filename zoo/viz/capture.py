@@ -267,14 +267,8 @@ def window_stitch_map(w: torch.Tensor, size: tuple[int, int], window: tuple[int,
 
 def _swin_probs(m: nn.Module, x: torch.Tensor, geometry: tuple) -> torch.Tensor:
     """Explicit window attention (v1 or v2). ``x``: ``[B * nW, N, C]`` -> ``[B * nW, heads, N, N]``."""
-    Bw, N, C = x.shape
-    qkv = m._project_qkv(x).view(Bw, N, 3, m.num_heads, C // m.num_heads).permute(2, 0, 3, 1, 4)
-    q, k = qkv[0], qkv[1]  # B*nW, heads, N, hd
-    q, k, scale = m._prepare_qk(q, k)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    mask = m.attn_mask(geometry, q.dtype, q.device)  # nW or 1, heads, N, N (bias plus shift regions)
-    mask = mask.repeat(Bw // mask.shape[0], 1, 1, 1)  # B * nW, heads, N, N (windows batch-major)
-    return ((q @ k.transpose(-2, -1)) * scale + mask).softmax(-1)
+    q, k, _, scale = m.qkv_heads(x)
+    return m.attention_probs(q, k, scale, geometry)
 
 
 def _install_swin_attention(name, m, maps, opts):
