@@ -4,7 +4,7 @@
 >>> model = zoo.create("cbam_resnet50")            # same as zoo.create("resnet50", attn="cbam")
 >>> zoo.list_models("swin*")
 """
-from . import blocks, models  # noqa: F401  (importing them fills the registries)
+from . import accel, blocks, models  # noqa: F401  (importing blocks and models fills the registries)
 from .registry import (
     create,
     create_block,

@@ -66,7 +66,7 @@ def _native_mha_flop(query_shape, key_shape, value_shape, embed_dim, num_head, *
 
 
 def _onednn_linear_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
-    # zoo.layers.Linear's fused oneDNN linear (+ bias, + GELU) in CPU inference: x [..., in], w [out, in].
+    # zoo.accel's fused oneDNN linear (+ bias, + GELU) in CPU inference: x [..., in], w [out, in].
     return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
 
 

@@ -121,6 +121,7 @@ def create(
     pretrained: bool | str = False,
     num_classes: int = 1000,
     in_chans: int = 3,
+    fast: bool = True,
     **kwargs,
 ) -> nn.Module:
     """Build a registered model.
@@ -134,6 +135,9 @@ def create(
             Downloads are cached and hash-checked (zoo.weights.download).
         num_classes: classifier outputs; 0 gives pooled features from ``forward``.
         in_chans: input image channels.
+        fast: apply ``zoo.accel`` (cached low-precision weights, fused linears, channels-last
+            CNNs, Swin's mask cache and CPU training attention); False gives the plain model, as
+            ``zoo.accel.undo(model)`` does later.
         **kwargs: architecture overrides for the entry point; unknown ones raise ``TypeError``.
 
     Returns:
@@ -148,4 +152,8 @@ def create(
     if pretrained:
         # What was loaded, re-initialised, adapted or retrofitted, and the catalog entry used.
         model.load_report = load_pretrained(model, pretrained, filter_fn=entry.filter_fn, model_name=name)
+    if fast:
+        from . import accel
+
+        accel.apply(model)
     return model

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
-from ..layers import Conv2d, DropPath, Linear, check_image_input, residual_add
+from ..layers import DropPath, check_image_input
 from ..registry import create_block, register_model
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "ATTN_PLACEMENT", "NL_AFTER", "filter_fn"]
@@ -64,7 +64,7 @@ class _ResBlock(nn.Module):
         if self.attn is not None:
             out = self.attn(out)
         shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.act(residual_add(shortcut, self.drop_path(out)))
+        out = self.act(shortcut + self.drop_path(out))
         if self.post_attn is not None:
             out = self.post_attn(out)
         return out
@@ -98,11 +98,11 @@ class BasicBlock(_ResBlock):
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ValueError("BasicBlock supports only groups=1 and base_width=64.")
-        self.conv1 = Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
         self.bn1 = _norm(planes)
         self.act = nn.ReLU(inplace=True)
         if sa_feat_size is None:
-            self.conv2 = Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
             _init_conv(self.conv2)
         else:
             self.conv2 = create_block("sa", planes, feat_size=sa_feat_size, stride=1, **(attn_kwargs or {}))
@@ -136,16 +136,16 @@ class Bottleneck(_ResBlock):
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         out_ch = planes * self.expansion
-        self.conv1 = Conv2d(inplanes, width, 1, bias=False)
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
         self.bn1 = _norm(width)
         if sa_feat_size is None:
-            self.conv2 = Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+            self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
             _init_conv(self.conv2)
         else:
             # BoTNet: attention instead of the 3x3; the block pools 2x2 after attending when stride=2.
             self.conv2 = create_block("sa", width, feat_size=sa_feat_size, stride=stride, **(attn_kwargs or {}))
         self.bn2 = _norm(width)
-        self.conv3 = Conv2d(width, out_ch, 1, bias=False)
+        self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
         self.bn3 = _norm(out_ch)
         self.act = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -217,7 +217,7 @@ class ResNet(nn.Module):
         self.arch = f"ResNet(layers={tuple(layers)}, block={block!r}, attn={attn!r})"
         self.grad_checkpointing = False
 
-        self.conv1 = Conv2d(in_chans, 64, 7, 2, 3, bias=False)
+        self.conv1 = nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
         self.bn1 = _norm(64)
         self.act = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
@@ -232,7 +232,7 @@ class ResNet(nn.Module):
                 s = stride if i == 0 else 1
                 downsample = None
                 if s != 1 or inplanes != planes * block_cls.expansion:
-                    conv = Conv2d(inplanes, planes * block_cls.expansion, 1, s, bias=False)
+                    conv = nn.Conv2d(inplanes, planes * block_cls.expansion, 1, s, bias=False)
                     _init_conv(conv)
                     downsample = nn.Sequential(conv, _norm(planes * block_cls.expansion))
                 sa_feat = None
@@ -255,7 +255,7 @@ class ResNet(nn.Module):
             self.add_module(f"layer{stage}", nn.Sequential(*blocks))
 
         self.num_features = inplanes
-        self.fc = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if zero_init_last:
             for m in self.modules():
                 if isinstance(m, _ResBlock):
@@ -266,7 +266,7 @@ class ResNet(nn.Module):
         return self.fc
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.fc = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def no_weight_decay(self) -> set[str]:
         """Names of norm weights and all biases (every parameter with fewer than 2 dims)."""
@@ -280,14 +280,6 @@ class ResNet(nn.Module):
         # Any size >= 1 goes through (padding, ceil-mode pooling, global mean); `sa` resamples its
         # position tables when the map differs from the img_size they were built for.
         check_image_input(x, self.in_chans, 1, self.arch)
-        if x.device.type == "cpu":
-            # oneDNN runs NCHW convolutions by reordering to and from its blocked layout around
-            # every conv; in channels-last (which every later op keeps) it does not. Measured on
-            # 2 cores, batch 16, channels-last / NCHW: inference 1.1-1.7x for ResNet-50, SE and CBAM
-            # variants; a train step 1.2-1.5x for ResNet-50 and the se/eca/gc/cbam/sa variants,
-            # fp32 and bf16, and 1.6x (fp32) / 4.2x (bf16) for nl. The returned map is channels-last
-            # in memory, NCHW in shape.
-            x = x.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(self.act(self.bn1(self.conv1(x))))
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for blk in stage:

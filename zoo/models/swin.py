@@ -3,8 +3,9 @@
 Shifted-window backbones v1 and v2 (v2 subclasses v1), their registered variants; the checkpoint
 converters (torchvision / timm / official layouts) live in ``swin_convert.py``.
 
-Activations stay ``[B, H, W, C]``. Feature maps are padded to window multiples (padded keys are
-masked out), so any input of at least one patch works. Parameter names follow timm >= 0.9
+Activations stay ``[B, H, W, C]``. Feature maps are zero-padded to window multiples, so any input
+of at least one patch works; the padded tokens join the attention as in torchvision
+(``mask_padding=True`` masks them out instead). Parameter names follow timm >= 0.9
 (``layers.i.downsample`` opens stage i), except the classifier, which is ``head`` as in the
 official code and torchvision.
 """
@@ -18,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import Conv2d, DropPath, Linear, check_image_input, residual_add
+from ..layers import DropPath, Mlp, check_image_input
 from ..registry import register_model
 from .swin_convert import checkpoint_filter_fn
 
@@ -69,7 +70,9 @@ def _region_mask(H: int, W: int, Hp: int, Wp: int, window: tuple[int, int], shif
     """Additive mask ``[nW, N, N]`` for one padded, rolled map; None when nothing is masked.
 
     Tokens of different shifted regions (labelled by the official slices) must not attend to each
-    other, and padded keys are never attended to.
+    other; keys outside the ``H x W`` extent (padding) are masked too. ``SwinBlock`` passes the
+    padded size as the extent unless ``mask_padding`` is on, so by default the zero-padded tokens
+    join the attention, as in torchvision and the official detection code.
     """
     if shift == (0, 0) and (H, W) == (Hp, Wp):
         return None
@@ -96,9 +99,8 @@ class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative position bias (v1).
 
     The relative bias and the shifted-window / padding mask are summed into one additive mask for
-    ``F.scaled_dot_product_attention``. In eval, when no gradient is needed for the bias, that mask
-    is cached per map geometry until a bias parameter changes (tracked by ``_version`` and
-    ``data_ptr``) or the module goes back to training.
+    ``F.scaled_dot_product_attention``. (``zoo.accel`` caches that mask in inference and writes the
+    attention out for CPU training; this class is the plain reference.)
 
     Args:
         dim: channels C.
@@ -120,12 +122,9 @@ class WindowAttention(nn.Module):
         self.window_size = _pair(window_size)
         self.attn_drop = float(attn_drop)
         self._init_bias_params()
-        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = Linear(dim, dim)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self._cache: dict = {}
-        self._cache_key: tuple | None = None
-        self._region_cache: dict = {}  # region masks depend on geometry only: kept across modes
 
     def _init_bias_params(self) -> None:
         wh, ww = self.window_size
@@ -133,7 +132,8 @@ class WindowAttention(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.register_buffer("relative_position_index", relative_position_index(wh, ww), persistent=False)
 
-    def _bias_params(self) -> list[nn.Parameter]:
+    def bias_params(self) -> list[nn.Parameter]:
+        """The parameters the position bias is computed from."""
         return [self.relative_position_bias_table]
 
     def position_bias(self, window: tuple[int, int]) -> torch.Tensor:
@@ -158,48 +158,22 @@ class WindowAttention(nn.Module):
     def _prepare_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float | None]:
         return q, k, None  # SDPA's default scale, head_dim ** -0.5, is v1's
 
+    def region_mask(self, geometry: tuple, device: torch.device) -> torch.Tensor | None:
+        """The shift / padding mask ``[nW, N, N]`` of a map geometry (None: nothing masked)."""
+        region = _region_mask(*geometry)
+        return None if region is None else region.to(device)
+
     def attn_mask(self, geometry: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """Bias plus region mask, ``[nW or 1, heads, N, N]`` in ``dtype``.
 
-        ``geometry`` is ``(H, W, Hp, Wp, window, shift)`` of the (padded) map.
+        ``geometry`` is ``(H, W, Hp, Wp, window, shift)`` of the (padded) map, H x W the extent
+        whose keys may be attended to.
         """
-        # No caches under torch.compile: their data_ptr/_version checks break the graph (one graph
-        # per block, recompiled per block); inductor's freezing folds the traced mask instead.
-        cached = not torch.compiler.is_compiling() and not self.training and not self._bias_needs_grad()
-        if not cached:
-            return self._build_mask(geometry, dtype, device)
-        version = tuple((p.data_ptr(), p._version) for p in self._bias_params())
-        if version != self._cache_key or len(self._cache) > 32:
-            self._cache, self._cache_key = {}, version
-        key = (geometry, dtype, device)
-        mask = self._cache.get(key)
-        if mask is None:
-            # Built outside inference mode so a cached mask can serve later autograd-enabled calls.
-            with torch.inference_mode(False), torch.no_grad():
-                mask = self._cache[key] = self._build_mask(geometry, dtype, device)
-        return mask
-
-    def _build_mask(self, geometry: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         bias = self.position_bias(geometry[4])  # heads, N, N
-        region = self._region(geometry, device)
+        region = self.region_mask(geometry, device)
         if region is None:
             return bias.to(dtype)[None]  # 1, heads, N, N
         return (bias[None] + region[:, None]).to(dtype)  # nW, heads, N, N
-
-    def _region(self, geometry: tuple, device: torch.device) -> torch.Tensor | None:
-        """The shift / padding mask ``[nW, N, N]`` (None: nothing masked), cached per geometry
-        except under torch.compile, which traces it."""
-        if torch.compiler.is_compiling():
-            region = _region_mask(*geometry)
-            return None if region is None else region.to(device)
-        key = (geometry, device)
-        if key not in self._region_cache:
-            if len(self._region_cache) > 32:
-                self._region_cache.clear()
-            with torch.inference_mode(False):
-                region = _region_mask(*geometry)
-                self._region_cache[key] = None if region is None else region.to(device)
-        return self._region_cache[key]
 
     def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float | None]:
         """``[B*nW, N, C]`` -> q, k, v ``[B*nW, heads, N, head_dim]`` (q, k prepared: v2 normalises
@@ -210,51 +184,28 @@ class WindowAttention(nn.Module):
         q, k, scale = self._prepare_qk(q, k)
         return q, k, v, scale
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
+               geometry: tuple) -> torch.Tensor:
+        """Masked softmax attention of ``[B*nW, heads, N, d]`` q, k, v; same shape out."""
+        mask = self.attn_mask(geometry, q.dtype, q.device)
+        if mask.shape[0] not in (1, q.shape[0]):
+            # One mask per window, repeated over the batch (windows are batch-major): a 4-D mask
+            # of batch 1 or B * nW keeps SDPA on its fused kernels, a broadcast 5-D view does not.
+            mask = mask.repeat(q.shape[0] // mask.shape[0], 1, 1, 1)  # B * nW, heads, N, N
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                              dropout_p=self.attn_drop if self.training else 0.0)
+
     def forward(self, x: torch.Tensor, geometry: tuple) -> torch.Tensor:
         Bw, N, C = x.shape
         q, k, v, scale = self.qkv_heads(x)
-        if self._explicit_attention(q):
-            x = self._attend_explicit(q, k, v, scale, geometry)
-            x = x.transpose(1, 2).reshape(Bw, N, C)  # B*nW, N, C
-            return self.proj_drop(self.proj(x))
-        mask = self.attn_mask(geometry, q.dtype, q.device)
-        if mask.shape[0] not in (1, Bw):
-            # CPU's fused SDPA kernels need a 4-D mask with batch 1 or B * nW (a 5-D view or a
-            # broadcast 3-D mask falls back to a much slower path), hence the copy over B.
-            mask = mask.repeat(Bw // mask.shape[0], 1, 1, 1)  # B * nW, heads, N, N
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
-                                           dropout_p=self.attn_drop if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(Bw, N, C)  # B*nW, N, C
+        x = self.attend(q, k, v, scale, geometry).transpose(1, 2).reshape(Bw, N, C)  # B*nW, N, C
         return self.proj_drop(self.proj(x))
-
-    def _explicit_attention(self, q: torch.Tensor) -> bool:
-        """Whether to bypass SDPA: on CPU while the bias needs a gradient.
-
-        A mask that requires grad keeps CPU SDPA off its flash kernel (no mask gradient there). Its
-        math fallback then (a) upcasts bfloat16 q, k, v and the mask to float32 and runs float32
-        bmm, about 4x slower than bfloat16 bmm, and (b) in any dtype needs the mask repeated over
-        the batch and runs a "safe" softmax (isneginf / all / where passes for fully masked rows,
-        which windows never have): measured 0.93x timm for a float32 Swin-T train step. The
-        explicit form keeps the matmuls in q's dtype and broadcasts the mask.
-        """
-        return q.device.type == "cpu" and self._bias_needs_grad()
-
-    def _bias_needs_grad(self) -> bool:
-        return torch.is_grad_enabled() and any(p.requires_grad for p in self._bias_params())
-
-    def _attend_explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
-                         geometry: tuple) -> torch.Tensor:
-        """Softmax attention written out (see :meth:`attention_probs`): ``[B*nW, heads, N, d]`` out.
-        The probabilities go back to v's dtype for the second matmul."""
-        attn = self.attention_probs(q, k, scale, geometry).to(v.dtype)
-        attn = F.dropout(attn, self.attn_drop) if self.training and self.attn_drop > 0 else attn
-        return attn @ v
 
     def attention_probs(self, q: torch.Tensor, k: torch.Tensor, scale: float | None, geometry: tuple) -> torch.Tensor:
         """Attention probabilities ``[B*nW, heads, N, N]`` in float32 (what SDPA computes inside).
 
-        Logits (q @ k^T in q's dtype) take the float32 mask, broadcast over B rather than
-        repeated, and the softmax runs in float32. Also what ``zoo.capture_attention`` reads.
+        Logits (q @ k^T in q's dtype) take the float32 mask, broadcast over B, and the softmax
+        runs in float32. What ``zoo.capture_attention`` reads.
         """
         scale = q.shape[-1] ** -0.5 if scale is None else scale
         attn = (q * scale) @ k.transpose(-2, -1)  # B*nW, heads, N, N
@@ -262,10 +213,6 @@ class WindowAttention(nn.Module):
         Bw, heads, N, _ = attn.shape
         attn = (attn.view(-1, mask.shape[0], heads, N, N) + mask).view(Bw, heads, N, N)
         return attn.softmax(dim=-1)
-
-    def train(self, mode: bool = True):
-        self._cache, self._cache_key = {}, None
-        return super().train(mode)
 
 
 class WindowAttentionV2(WindowAttention):
@@ -301,7 +248,7 @@ class WindowAttentionV2(WindowAttention):
     def _coords_norm(self, window: tuple[int, int]) -> tuple[int, int]:
         return self.pretrained_window_size if self.pretrained_window_size[0] > 0 else window
 
-    def _bias_params(self) -> list[nn.Parameter]:
+    def bias_params(self) -> list[nn.Parameter]:
         return list(self.cpb_mlp.parameters())
 
     def position_bias(self, window: tuple[int, int]) -> torch.Tensor:
@@ -317,29 +264,17 @@ class WindowAttentionV2(WindowAttention):
         return 16 * torch.sigmoid(table[index.view(-1)].view(N, N, -1).permute(2, 0, 1))  # heads, N, N
 
     def _project_qkv(self, x: torch.Tensor) -> torch.Tensor:
-        weight, _ = self.qkv.cast_params()
+        return F.linear(x, self.qkv.weight, self.qkv_bias())
+
+    def qkv_bias(self) -> torch.Tensor | None:
+        """``[3C]``: q bias, zeros for k (v2 has no k bias), v bias; None without qkv_bias."""
         if self.q_bias is None:
-            return F.linear(x, weight)
-        bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
-        return F.linear(x, weight, bias)
+            return None
+        return torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
 
     def _prepare_qk(self, q, k):
         scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()  # heads, 1, 1
         return F.normalize(q, dim=-1) * scale.to(q.dtype), F.normalize(k, dim=-1), 1.0
-
-
-class Mlp(nn.Module):
-    """Linear - GELU - dropout - Linear - dropout, on the last dimension."""
-
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
-        super().__init__()
-        self.fc1 = Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.fc1.forward_act(x, self.act))))  # GELU fused in CPU inference
 
 
 class SwinBlock(nn.Module):
@@ -356,6 +291,9 @@ class SwinBlock(nn.Module):
         mlp_ratio: MLP hidden width over C.
         drop, attn_drop, drop_path: dropout after projections, attention dropout, stochastic depth.
         attn_kwargs: extra keyword arguments for the attention (v2: ``pretrained_window_size``).
+        mask_padding: mask the keys of the zero padding that brings the map to window multiples.
+            Off by default: torchvision and the official detection code let the padded tokens join
+            the attention, and their checkpoints' numbers at such sizes depend on it.
 
     Shapes: ``[B, H, W, C]`` in and out.
     """
@@ -364,16 +302,17 @@ class SwinBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, window_size: int, *, shift: bool = False, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 attn_kwargs: dict | None = None):
+                 attn_kwargs: dict | None = None, mask_padding: bool = False):
         super().__init__()
         self.window_size = _pair(window_size)
+        self.mask_padding = mask_padding
         self.shift_size = tuple(w // 2 for w in self.window_size) if shift else (0, 0)
         self.norm1 = nn.LayerNorm(dim)
         self.attn = self.attn_layer(dim, num_heads, window_size, qkv_bias=qkv_bias, attn_drop=attn_drop,
                                     proj_drop=drop, **(attn_kwargs or {}))
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
 
     def window_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Pad, roll, partition, attend, and undo: ``[B, H, W, C]`` -> same."""
@@ -388,7 +327,8 @@ class SwinBlock(nn.Module):
         if sh or sw:
             x = torch.roll(x, (-sh, -sw), (1, 2))
         x = x.view(B, Hp // wh, wh, Wp // ww, ww, C).transpose(2, 3).reshape(-1, wh * ww, C)  # B*nW, N, C
-        x = self.attn(x, (H, W, Hp, Wp, (wh, ww), (sh, sw)))
+        extent = (H, W) if self.mask_padding else (Hp, Wp)  # keys that may be attended to
+        x = self.attn(x, (*extent, Hp, Wp, (wh, ww), (sh, sw)))
         x = x.view(B, Hp // wh, Wp // ww, wh, ww, C).transpose(2, 3).reshape(B, Hp, Wp, C)
         if sh or sw:
             x = torch.roll(x, (sh, sw), (1, 2))
@@ -401,8 +341,8 @@ class SwinBlock(nn.Module):
         return self.mlp(self.norm2(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = residual_add(x, self.drop_path(self.attn_branch(x)))
-        return residual_add(x, self.drop_path(self.mlp_branch(x)))
+        x = x + self.drop_path(self.attn_branch(x))
+        return x + self.drop_path(self.mlp_branch(x))
 
 
 class SwinBlockV2(SwinBlock):
@@ -436,7 +376,7 @@ class PatchMerging(nn.Module):
         super().__init__()
         out_dim = out_dim or 2 * dim
         self.norm = nn.LayerNorm(self._norm_dim(dim, out_dim))
-        self.reduction = Linear(4 * dim, out_dim, bias=False)
+        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
 
     def _norm_dim(self, dim: int, out_dim: int) -> int:
         return 4 * dim
@@ -473,7 +413,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, in_chans: int, embed_dim: int, patch_size: int):
         super().__init__()
         self.patch_size = patch_size
-        self.proj = Conv2d(in_chans, embed_dim, patch_size, patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -521,6 +461,8 @@ class SwinTransformer(nn.Module):
         qkv_bias: bias on qkv (v2: the q and v biases).
         drop_rate, attn_drop_rate, drop_path_rate: dropout, attention dropout, and the final
             stochastic-depth rate (linear over blocks).
+        mask_padding: mask padded keys at sizes that are not window multiples (see
+            :class:`SwinBlock`); off, as in torchvision.
 
     Shapes: ``[B, in_chans, H, W]`` with H, W >= ``patch_size`` -> ``[B, num_classes]``.
     """
@@ -531,7 +473,7 @@ class SwinTransformer(nn.Module):
     def __init__(self, *, num_classes: int = 1000, in_chans: int = 3, patch_size: int = 4, embed_dim: int = 96,
                  depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int = 7,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.1):
+                 drop_path_rate: float = 0.1, mask_padding: bool = False):
         super().__init__()
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} need one entry per stage.")
@@ -546,13 +488,13 @@ class SwinTransformer(nn.Module):
                       block_cls=self.block_cls, merge_cls=self.merge_cls,
                       drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], window_size=window_size,
                       mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
-                      **self._stage_kwargs(i))
+                      mask_padding=mask_padding, **self._stage_kwargs(i))
             for i in range(len(depths))
         ])
         self.num_features = dims[-1]
         self.norm = nn.LayerNorm(self.num_features)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
     def _stage_kwargs(self, i: int) -> dict:
@@ -580,7 +522,7 @@ class SwinTransformer(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             self._init_weights(self.head)
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import Conv2d, DropPath, Linear, check_image_input, residual_add
+from ..layers import DropPath, Mlp, check_image_input
 from ..registry import register_model
 
 __all__ = ["VisionTransformer", "resample_pos_embed", "checkpoint_filter_fn"]
@@ -75,8 +75,8 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.attn_drop = float(attn_drop)
-        self.qkv = Linear(dim, dim * 3, bias=True)
-        self.proj = Linear(dim, dim)
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,26 +87,6 @@ class Attention(nn.Module):
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(B, N, C)  # B, N, heads * hd
         return self.proj_drop(self.proj(x))
-
-
-class Mlp(nn.Module):
-    """Two-layer GELU MLP: ``fc1 -> GELU -> dropout -> fc2 -> dropout``; ``[B, N, C]`` in and out."""
-
-    def __init__(self, dim: int, hidden: int, *, drop: float = 0.0):
-        super().__init__()
-        self.fc1 = Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = Linear(hidden, dim)
-        self.drop = float(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fc1.forward_act(x, self.act)  # GELU fused into fc1 in CPU inference
-        if self.drop > 0 and self.training:
-            x = F.dropout(x, self.drop, True)
-        x = self.fc2(x)
-        if self.drop > 0 and self.training:
-            x = F.dropout(x, self.drop, True)
-        return x
 
 
 class Block(nn.Module):
@@ -133,8 +113,8 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = residual_add(x, self.drop_path(self.attn(self.norm1(x))))
-        return residual_add(x, self.drop_path(self.mlp(self.norm2(x))))
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class PatchEmbed(nn.Module):
@@ -148,7 +128,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, patch_size: tuple[int, int], in_chans: int, embed_dim: int):
         super().__init__()
-        self.proj = Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)
@@ -158,8 +138,7 @@ class VisionTransformer(nn.Module):
     """ViT: patch tokens plus a class token, learned absolute positions, pre-norm blocks.
 
     Any input size of at least one patch works: when its patch grid differs from the one the model
-    was built for, the position table is bicubically resampled to it (the parameter is never
-    changed; in inference the resampled table is cached per grid).
+    was built for, the position table is bicubically resampled to it (the parameter is never changed).
 
     Args:
         img_size: size the position table is built for (int or ``(H, W)``).
@@ -216,8 +195,7 @@ class VisionTransformer(nn.Module):
             for p in dpr
         ])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.head = Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self._pos_cache: dict[tuple[int, int], tuple[tuple, torch.Tensor]] = {}
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -253,29 +231,18 @@ class VisionTransformer(nn.Module):
                 raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}.")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
 
     # ---- forward -----------------------------------------------------------------------------
-    def _pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
-        """The position table for a patch grid: ``[1, 1 + gh * gw, C]``."""
+    def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The position table for a patch grid: ``[1, 1 + gh * gw, C]`` (resampled when it differs
+        from the grid the model was built for; ``zoo.accel`` caches the resampled table in inference)."""
         if grid == self.grid_size:
             return self.pos_embed
-        if self.training or torch.is_grad_enabled():
-            return resample_pos_embed(self.pos_embed, grid, self.grid_size)
-        # Inference: reuse the resampled table while the parameter is unchanged (in-place updates
-        # such as load_state_dict or an optimizer step bump its version; .to() changes its storage).
-        p = self.pos_embed
-        stamp = (p._version, p.data_ptr(), p.device, p.dtype)
-        stamped, pos = self._pos_cache.get(grid, (None, None))
-        if stamped != stamp:
-            if len(self._pos_cache) >= 8:  # a handful of sizes at most; don't grow without bound
-                self._pos_cache.clear()
-            pos = resample_pos_embed(p.detach(), grid, self.grid_size)
-            self._pos_cache[grid] = (stamp, pos)
-        return pos
+        return resample_pos_embed(self.pos_embed, grid, self.grid_size)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens after the final norm.
@@ -291,7 +258,7 @@ class VisionTransformer(nn.Module):
         grid = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)  # B, N, C
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # B, 1 + N, C
-        x = x + self._pos_embed_for(grid)
+        x = x + self.pos_embed_for(grid)
         if self.drop_rate > 0 and self.training:
             x = F.dropout(x, self.drop_rate, True)
         if self.grad_checkpointing and torch.is_grad_enabled():

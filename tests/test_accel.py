@@ -1,0 +1,335 @@
+"""zoo.accel: every technique against the plain model (outputs, gradients), the one cache, apply/undo."""
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import zoo
+from zoo import accel
+from zoo.accel import fused_linear
+from zoo.accel.cast import FastConv2d, cast_params
+from zoo.accel.fused_linear import FastLinear
+
+BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
+SWIN_TINY = dict(embed_dim=24, depths=(2, 2), num_heads=(2, 4), window_size=4, drop_path_rate=0.0)
+FAMILIES = [  # a small member of every family, and an input that is not square
+    ("cbam_resnet18", {}, (40, 48)),
+    ("nl_resnet18", {}, (40, 48)),
+    ("sa_resnet18", {"img_size": 48}, (48, 48)),
+    ("vit_t_16", {"img_size": 32, "patch_size": 8, "depth": 2}, (40, 48)),  # resampled positions
+    ("swin_t", SWIN_TINY, (36, 44)),  # padded and shifted windows
+    ("swin_v2_t", SWIN_TINY, (36, 44)),
+]
+
+
+def _pair(name, kw, seed=0):
+    torch.manual_seed(seed)
+    fast = zoo.create(name, num_classes=7, **kw)
+    plain = zoo.create(name, num_classes=7, fast=False, **kw)
+    plain.load_state_dict(fast.state_dict())
+    with torch.no_grad():  # wake up what starts degenerate (zero-init post-norms, heads)
+        for (n, p), q in zip(fast.named_parameters(), plain.parameters()):
+            if "norm" in n or "bias" in n or "logit_scale" in n:
+                noise = torch.randn_like(p) * 0.05
+                p.add_(noise), q.add_(noise)
+    return fast, plain
+
+
+def _infer(m, x, bf16=True):
+    with torch.inference_mode(), torch.autocast(**BF16, enabled=bf16):
+        return m(x)
+
+
+@pytest.mark.parametrize("name,kw,hw", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_fast_equals_plain(name, kw, hw):
+    """fp32 within the fidelity tolerance, bf16 within its own, train-mode gradients too."""
+    fast, plain = _pair(name, kw)
+    assert accel.techniques_applied(fast) and not accel.techniques_applied(plain)
+    assert not any(type(m).__module__.startswith("zoo.accel") for m in plain.modules())
+    x = torch.randn(2, 3, *hw)
+    fast.eval(), plain.eval()
+    want = _infer(plain, x, bf16=False)
+    tol = 1e-4 * want.abs().max()
+    assert (_infer(fast, x, bf16=False) - want).abs().max() <= tol
+    ref16 = _infer(plain, x).float()
+    for _ in range(2):  # the second call is served from the caches
+        got16 = _infer(fast, x).float()
+        assert (got16 - ref16).abs().max() <= 0.05 * ref16.abs().max()
+    fast.train(), plain.train()
+
+    def grads(m, bf16):
+        m.zero_grad()
+        with torch.autocast(**BF16, enabled=bf16):
+            out = m(x)
+        out.float().square().mean().backward()
+        return {n: p.grad.float().clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    g_fast, g_plain = grads(fast, False), grads(plain, False)
+    assert g_fast.keys() == g_plain.keys() and len(g_fast) == sum(1 for _ in fast.parameters())
+    for n in g_fast:
+        assert (g_fast[n] - g_plain[n]).abs().max() <= 1e-3 * g_plain[n].abs().max() + 1e-7, n
+    # bf16: rounding differs per kernel and layout, so judge each against the fp32 gradient: the
+    # fast model may be no further from it than the plain model in bf16 (plus a little).
+    flat = lambda d: torch.cat([d[n].flatten() for n in g_plain])  # noqa: E731
+    ref = flat(g_plain)
+    err_fast = 1 - F.cosine_similarity(flat(grads(fast, True)), ref, dim=0)
+    err_plain = 1 - F.cosine_similarity(flat(grads(plain, True)), ref, dim=0)
+    assert err_fast <= 2 * err_plain + 0.01, (err_fast.item(), err_plain.item())
+
+
+def test_undo_gives_the_plain_model_and_apply_is_idempotent():
+    fast, plain = _pair("swin_v2_t", SWIN_TINY)
+    x = torch.randn(1, 3, 36, 44)
+    fast.eval()
+    y = _infer(fast, x)
+    assert accel.apply(fast) is fast and _infer(fast, x).equal(y)
+    accel.undo(fast)
+    assert [type(m) for m in fast.modules()] == [type(m) for m in plain.modules()]
+    assert accel.techniques_applied(fast) == () and accel.undo(fast) is fast
+    assert list(fast.state_dict()) == list(plain.state_dict())
+
+
+def test_layout_hook_makes_cnn_activations_channels_last_and_undo_removes_it():
+    fast, plain = _pair("resnet18", {})
+    fast.eval(), plain.eval()
+    x = torch.randn(1, 3, 64, 64)  # a 2x2 final map: a 1x1 one is contiguous in both layouts
+    assert fast.forward_features(x).is_contiguous(memory_format=torch.channels_last)
+    assert not plain.forward_features(x).is_contiguous(memory_format=torch.channels_last)
+    assert "layout" in accel.techniques_applied(fast)
+    assert "layout" not in accel.techniques_applied(zoo.create("vit_t_16", img_size=32, patch_size=8, depth=1))
+    accel.undo(fast)
+    assert not fast.forward_features(x).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="knows no module"):
+        accel.apply(nn.Sequential(nn.ReLU(), nn.Tanh()))
+    with pytest.raises(ValueError, match="choose from"):
+        accel.apply(nn.Linear(2, 2), techniques=["turbo"])
+    with pytest.raises(ValueError, match="knows no module"):
+        accel.apply(nn.Sequential(nn.Linear(2, 2)), techniques=["window_attn"])
+
+
+# ---- the one cache, seen from outside: what a call computes, and how often --------------------------
+def _fast_layers():
+    torch.manual_seed(0)
+    lin = accel.apply(nn.Sequential(nn.Linear(16, 8)))[0]
+    conv = accel.apply(nn.Sequential(nn.Conv2d(4, 6, 3, padding=1)))[0]
+    return [(lin, torch.randn(2, 5, 16)), (conv, torch.randn(2, 4, 7, 9))]
+
+
+def _count_casts(monkeypatch, weight_shape):
+    """Count the bf16 copies of a weight-shaped tensor made (each cache miss makes one)."""
+    calls = []
+    real = torch.Tensor.to
+
+    def to(self, *a, **k):
+        if self.shape == weight_shape and (torch.bfloat16 in a or k.get("dtype") is torch.bfloat16):
+            calls.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    return calls
+
+
+@pytest.mark.parametrize("i", [0, 1], ids=["linear", "conv2d"])
+def test_cached_weights_reused_and_equal_to_autocast(i, monkeypatch):
+    m, x = _fast_layers()[i]
+    assert isinstance(m, (FastLinear, FastConv2d)) and list(m.state_dict()) == ["weight", "bias"]
+    m.eval()
+    plain = accel.undo(copy.deepcopy(m))
+    ref = _infer(plain, x)
+    calls = _count_casts(monkeypatch, m.weight.shape)
+    y1, y2 = _infer(m, x), _infer(m, x)
+    assert len(calls) == 1  # cast once, then reused
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    torch.testing.assert_close(y1.float(), ref.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_in_place_update_load_state_dict_and_replaced_parameter_invalidate():
+    m, x = _fast_layers()[0]
+    m.eval()
+    y0 = _infer(m, x)
+    with torch.no_grad():
+        m.weight.mul_(-1)
+    y1 = _infer(m, x)
+    assert not torch.allclose(y0, y1)
+    torch.testing.assert_close(y1.float(), F.linear(x, m.weight, m.bias), rtol=2e-2, atol=2e-2)
+    other = nn.Linear(16, 8)
+    m.load_state_dict(other.state_dict())
+    torch.testing.assert_close(_infer(m, x).float(), F.linear(x, other.weight, other.bias), rtol=2e-2, atol=2e-2)
+    with torch.no_grad():
+        m.bias.add_(1.0)  # a bias update alone also invalidates
+    torch.testing.assert_close(_infer(m, x).float(), F.linear(x, m.weight, m.bias), rtol=2e-2, atol=2e-2)
+    m.weight = nn.Parameter(torch.zeros_like(m.weight))  # a replaced parameter misses
+    torch.testing.assert_close(_infer(m, x).float(), m.bias.expand(2, 5, 8), rtol=2e-2, atol=2e-2)
+
+
+def test_no_cache_in_training_with_grad_or_without_autocast(monkeypatch):
+    m, x = _fast_layers()[0]
+    calls = _count_casts(monkeypatch, m.weight.shape)
+    m.train()
+    with torch.no_grad(), torch.autocast(**BF16):
+        m(x), m(x)
+    m.eval()
+    with torch.autocast(**BF16):
+        y = m(x)
+    assert y.requires_grad and cast_params(m)[0] is m.weight  # autograd on: the parameter itself
+    assert calls == []  # autocast cast inside F.linear each time, nothing stored by us
+    with torch.inference_mode():
+        assert cast_params(m)[0] is m.weight  # no autocast: nothing to cast
+
+
+def test_cache_dropped_by_to_deepcopy_and_pickle(monkeypatch):
+    m, x = _fast_layers()[1]
+    m.eval()
+    y = _infer(m, x)
+    for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert type(clone) is FastConv2d
+        calls = _count_casts(monkeypatch, m.weight.shape)
+        torch.testing.assert_close(_infer(clone, x), y)
+        assert len(calls) == 1  # the clone made its own copy: none travelled with it
+        monkeypatch.undo()
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    assert buf.tell() < 2 * 4 * m.weight.numel() + 4096  # the bf16 copy is not saved
+    m.to(torch.float64)
+    with torch.inference_mode():
+        assert m(x.double()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_fused_mlp_matches_and_fuses_exact_gelu_only(approximate, monkeypatch):
+    calls = []
+    if fused_linear._ONEDNN_LINEAR is not None:
+        real = fused_linear._ONEDNN_LINEAR
+        monkeypatch.setattr(fused_linear, "_ONEDNN_LINEAR", lambda *a: calls.append(a[3]) or real(*a))
+    torch.manual_seed(0)
+    mlp = zoo.layers.Mlp(16, 32, act_layer=lambda: nn.GELU(approximate=approximate)).eval()
+    plain = copy.deepcopy(mlp)
+    accel.apply(mlp)
+    x = torch.randn(3, 16)
+    ref = plain(x)
+    torch.testing.assert_close(mlp(x), ref)  # fp32 with autograd: the unfused path
+    assert calls == []
+    with torch.inference_mode():
+        y = mlp(x[None])
+    torch.testing.assert_close(y[0], ref, rtol=1e-5, atol=1e-5)
+    if fused_linear._ONEDNN_LINEAR is not None:  # fp32 inference: fc1 + exact GELU fused, fc2 unfused
+        assert calls == (["gelu"] if approximate == "none" else [])
+    calls.clear()
+    y = _infer(mlp, x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref, rtol=3e-2, atol=3e-2)
+    if fused_linear._ONEDNN_LINEAR is not None:  # bf16 inference: both linears through oneDNN
+        assert calls == (["gelu", "none"] if approximate == "none" else ["none", "none"])
+
+
+# ---- Swin: the mask cache and the explicit CPU training attention ----------------------------------
+def _count_calls(module):
+    calls = []
+    module.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_swin_v2_bias_computed_once_in_inference_and_follows_the_parameters():
+    model, _ = _pair("swin_v2_t", SWIN_TINY)
+    attn = model.layers[0].blocks[0].attn
+    calls = _count_calls(attn.cpb_mlp)
+    x = torch.randn(1, 3, 32, 32)
+    model.train()
+    with torch.no_grad():
+        model(x), model(x)
+    assert len(calls) == 2  # never cached in training
+    model.eval()
+    with torch.no_grad():
+        y1, y2 = model(x), model(x)
+    assert len(calls) == 3 and torch.equal(y1, y2)  # computed once, reused
+    with torch.no_grad():
+        attn.cpb_mlp[2].weight.add_(1.0)  # an optimizer step or load_state_dict does the same
+        y3 = model(x)
+    assert len(calls) == 4 and not torch.equal(y1, y3)
+    with torch.enable_grad():  # the bias needs a gradient: no cache, gradients reach the cpb MLP
+        model(x).sum().backward()
+    assert len(calls) == 5 and attn.cpb_mlp[2].weight.grad.abs().sum() > 0
+    model.train()
+    with torch.no_grad():
+        y4 = model.eval()(x)
+    torch.testing.assert_close(y3, y4, rtol=0, atol=0)
+
+
+def test_swin_v1_bias_change_reaches_the_output():
+    model, _ = _pair("swin_t", SWIN_TINY)
+    model.eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        y1 = model(x)
+        model.layers[0].blocks[0].attn.relative_position_bias_table.add_(1.0)
+        y2 = model(x)
+    model.train()
+    model.eval()
+    with torch.no_grad():
+        y3 = model(x)
+    assert not torch.equal(y1, y2) and torch.equal(y2, y3)
+
+
+def test_swin_region_masks_built_once_per_geometry(monkeypatch):
+    import zoo.models.swin as swin
+
+    calls = []
+    real = swin._region_mask
+    monkeypatch.setattr(swin, "_region_mask", lambda *a: calls.append(a) or real(*a))
+    model, plain = _pair("swin_t", SWIN_TINY)  # training mode: the bias is rebuilt, the regions are not
+    for _ in range(2):
+        model(torch.randn(1, 3, 40, 40))
+    first = len(calls)
+    assert first > 0
+    model(torch.randn(1, 3, 40, 40))
+    assert len(calls) == first
+    model(torch.randn(1, 3, 56, 40))  # a new geometry builds new masks
+    assert len(calls) > first
+    n = len(calls)
+    plain(torch.randn(1, 3, 40, 40))  # the plain model builds them every call
+    assert len(calls) - n == sum(SWIN_TINY["depths"])  # once per block
+
+
+@pytest.mark.parametrize("name", ["swin_t", "swin_v2_t"])
+def test_swin_explicit_attention_taken_exactly_on_cpu_with_a_trainable_bias(name):
+    from zoo.accel.window_attn import explicit_attention
+
+    model, _ = _pair(name, SWIN_TINY)
+    attn = model.layers[0].blocks[0].attn
+    q = torch.zeros(1, 1, 4, 8)
+    assert explicit_attention(attn, q)
+    with torch.no_grad():
+        assert not explicit_attention(attn, q)
+    attn.requires_grad_(False)
+    assert not explicit_attention(attn, q)
+
+
+def test_vit_resampled_positions_cached_per_grid_and_follow_the_parameter():
+    import zoo.models.vit as vit
+
+    model, plain = _pair("vit_t_16", {"img_size": 32, "patch_size": 8, "depth": 1})
+    model.eval()
+    calls = []
+    real = vit.resample_pos_embed
+    xs = [torch.randn(1, 3, 24, 40), torch.randn(1, 3, 40, 24)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vit, "resample_pos_embed", lambda *a: calls.append(a[1]) or real(*a))
+        with torch.no_grad():
+            first = [model(x) for x in xs]
+            again = [model(x) for x in xs]
+        assert calls == [(3, 5), (5, 3)]  # once per grid
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    with torch.no_grad():
+        model.pos_embed.mul_(2)
+        assert not torch.allclose(model(xs[0]), first[0])
+    model(xs[0]).sum().backward()  # autograd on: recomputed, so pos_embed gets a gradient
+    assert model.pos_embed.grad is not None and model.pos_embed.grad.abs().sum() > 0
