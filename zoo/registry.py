@@ -135,10 +135,15 @@ def create(
         num_classes: classifier outputs; 0 gives pooled features from ``forward``.
         in_chans: input image channels.
         **kwargs: architecture overrides for the entry point; unknown ones raise ``TypeError``.
+            ``features_only=True`` (with ``out_indices``, default timm's) returns the model wrapped
+            by :func:`zoo.models.features.features_only`: ``forward`` gives a list of NCHW maps.
 
     Returns:
         The model, in train mode as ``nn.Module`` constructors leave it.
     """
+    features, out_indices = kwargs.pop("features_only", False), kwargs.pop("out_indices", None)
+    if out_indices is not None and not features:
+        raise TypeError("out_indices selects feature maps; pass features_only=True with it.")
     entry = get_model_entry(name)
     if pretrained:
         from .weights import load_pretrained, pretrained_kwargs
@@ -148,4 +153,8 @@ def create(
     if pretrained:
         # What was loaded, re-initialised, adapted or retrofitted, and the catalog entry used.
         model.load_report = load_pretrained(model, pretrained, filter_fn=entry.filter_fn, model_name=name)
+    if features:
+        from .models.features import features_only
+
+        model = features_only(model, out_indices)
     return model
