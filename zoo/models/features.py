@@ -53,7 +53,9 @@ def feature_take_indices(num_features: int, indices: Indices = None) -> tuple[li
         take = []
         for i in indices:
             j = None if isinstance(i, bool) else _as_int(i)
-            if j is None or not -n <= j < n:
+            if j is None:
+                raise ValueError(f"feature index {i!r} is not an integer; {valid}.")
+            if not -n <= j < n:
                 raise ValueError(f"feature index {i!r} is out of range for {n} feature maps; {valid}.")
             take.append(j % n)
     return take, max(take)
