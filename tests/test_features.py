@@ -246,6 +246,11 @@ def test_norm_and_no_prune():
     assert net(torch.randn(1, 3, 32, 32))[0].shape == (1, 48, 4, 4)
 
 
+def test_default_capped_for_shallow_vit():
+    net = zoo.create("vit_t_16", features_only=True, **{**TINY_MODELS["vit_t_16"], "depth": 2})
+    assert net.out_indices == (0, 1)  # timm's "last three" of two blocks
+
+
 def _family(name: str) -> str:
     """resnet / <attn> (attention ResNets and ResNeXts) / vit / swin / swin_v2."""
     if name.startswith("swin_v2"):

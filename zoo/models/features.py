@@ -139,7 +139,8 @@ class FeatureNet(nn.Module):
     Args:
         model: a zoo model with ``feature_info`` and ``forward_intermediates``.
         out_indices: which maps (indices into ``model.feature_info``): None for the model's
-            default (``model.default_out_indices``: timm's ``features_only`` default), an int ``n``
+            default (``model.default_out_indices``: timm's ``features_only`` default, capped at the
+            number of maps), an int ``n``
             for the last ``n``, or a sequence (negative counts from the end). Maps come out in
             forward order, whatever the order given.
         norm: apply the model's final norm to the maps where it fits (ViT: every block; Swin:
@@ -165,6 +166,8 @@ class FeatureNet(nn.Module):
         info = list(model.feature_info)
         if out_indices is None:
             out_indices = getattr(model, "default_out_indices", None)
+            if isinstance(out_indices, int):
+                out_indices = min(out_indices, len(info))  # "the last 3" of a 2-block ViT: both
         try:
             take, _ = feature_take_indices(len(info), out_indices)
         except ValueError as e:
