@@ -139,10 +139,15 @@ def create(
             CNNs, Swin's mask cache and CPU training attention); False gives the plain model, as
             ``zoo.accel.undo(model)`` does later.
         **kwargs: architecture overrides for the entry point; unknown ones raise ``TypeError``.
+            ``features_only=True`` (with ``out_indices``, default timm's) returns the model wrapped
+            by :func:`zoo.models.features.features_only`: ``forward`` gives a list of NCHW maps.
 
     Returns:
         The model, in train mode as ``nn.Module`` constructors leave it.
     """
+    features, out_indices = kwargs.pop("features_only", False), kwargs.pop("out_indices", None)
+    if out_indices is not None and not features:
+        raise TypeError("out_indices selects feature maps; pass features_only=True with it.")
     entry = get_model_entry(name)
     if pretrained:
         from .weights import load_pretrained, pretrained_kwargs
@@ -156,4 +161,8 @@ def create(
         from . import accel
 
         accel.apply(model)
+    if features:
+        from .models.features import features_only
+
+        model = features_only(model, out_indices)
     return model

@@ -32,6 +32,7 @@ import torch.utils.checkpoint
 
 from ..layers import DropPath, check_image_input
 from ..registry import create_block, register_model
+from .features import check_output_fmt, feature_take_indices
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "ATTN_PLACEMENT", "NL_AFTER", "filter_fn"]
 
@@ -260,6 +261,12 @@ class ResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, _ResBlock):
                     m.zero_init_last()
+        # The maps forward_intermediates can give: the stem (after its ReLU, before the max pool),
+        # then each stage; timm's features_only ResNet gives the same five.
+        self.feature_info = [dict(num_chs=64, reduction=2, module="act")] + [
+            dict(num_chs=planes * block_cls.expansion, reduction=4 * 2**i, module=f"layer{i + 1}")
+            for i, planes in enumerate((64, 128, 256, 512))
+        ]
 
     # --- model API -------------------------------------------------------------------------
     def get_classifier(self) -> nn.Module:
@@ -282,11 +289,7 @@ class ResNet(nn.Module):
         check_image_input(x, self.in_chans, 1, self.arch)
         x = self.maxpool(self.act(self.bn1(self.conv1(x))))
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for blk in stage:
-                if self.grad_checkpointing and torch.is_grad_enabled():
-                    x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
-                else:
-                    x = blk(x)
+            x = self._run_stage(stage, x)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -296,6 +299,81 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    # --- feature maps (zoo.models.features) ---------------------------------------------------
+    default_out_indices = None  # features_only gives the stem and all four stages by default, as timm
+
+    def _feature_stages(self) -> list[nn.Sequential]:
+        """layer1..layer4, up to the first one pruned away (left as an empty Sequential)."""
+        stages = []
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            if len(stage) == 0:
+                break
+            stages.append(stage)
+        return stages
+
+    def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        for blk in stage:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The stem's and each stage's output on the way to ``forward_features`` (timm's signature).
+
+        Args:
+            x: ``[B, in_chans, H, W]``.
+            indices: maps to return, indices into ``feature_info`` (0: stem, /2; 1-4: ``layer1``-
+                ``layer4``, /4 to /32): None for all, an int ``n`` for the last ``n``, or a sequence
+                (negative from the end). Returned in forward order.
+            norm: no effect (a ResNet has no final norm); kept for the common signature.
+            stop_early: run no stage after the deepest requested one.
+            output_fmt: ``"NCHW"`` only.
+            intermediates_only: return only the list of maps.
+
+        Returns:
+            ``(final, maps)``, or ``maps`` if ``intermediates_only``: ``final`` is the last stage run
+            (``[B, num_features, H / 32, W / 32]`` unless stopped early) and each map is
+            ``[B, feature_info[i]["num_chs"], ceil(H / r), ceil(W / r)]`` for reduction ``r``.
+        """
+        check_output_fmt(output_fmt, ("NCHW",), self.arch)
+        stages = self._feature_stages()
+        take, last = feature_take_indices(1 + len(stages), indices)
+        check_image_input(x, self.in_chans, 1, self.arch)
+        if x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)  # as forward_features (measured there)
+        x = self.act(self.bn1(self.conv1(x)))
+        maps = [x] if 0 in take else []
+        x = self.maxpool(x)
+        for i, stage in enumerate(stages[:last] if stop_early else stages, start=1):
+            x = self._run_stage(stage, x)
+            if i in take:
+                maps.append(x)
+        return maps if intermediates_only else (x, maps)
+
+    def prune_intermediate_layers(self, indices: int | list[int] | tuple[int, ...] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Empty the stages after the deepest of ``indices`` (and drop ``fc`` if ``prune_head``), in place.
+
+        Returns:
+            The absolute indices, for ``forward_intermediates`` of the pruned model.
+        """
+        take, last = feature_take_indices(1 + len(self._feature_stages()), indices)
+        for i in range(last + 1, 5):
+            setattr(self, f"layer{i}", nn.Sequential())  # empty, so forward_features still iterates it
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
 
 # --- checkpoint conversion -------------------------------------------------------------------

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import DropPath, Mlp, check_image_input
 from ..registry import register_model
+from .features import check_output_fmt, feature_take_indices
 from .swin_convert import checkpoint_filter_fn
 
 __all__ = [
@@ -496,6 +497,10 @@ class SwinTransformer(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
+        # Each stage's output can be a map; stage i is patch_size * 2**i smaller than the input.
+        self.feature_info = [
+            dict(num_chs=dims[i], reduction=patch_size * 2**i, module=f"layers.{i}") for i in range(len(depths))
+        ]
 
     def _stage_kwargs(self, i: int) -> dict:
         return {}
@@ -538,6 +543,65 @@ class SwinTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    # --- feature maps (zoo.models.features) ---------------------------------------------------
+    default_out_indices = None  # features_only gives all four stages by default, as timm
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Each requested stage's output on the way to ``forward_features`` (timm's signature).
+
+        Args:
+            x: ``[B, in_chans, H, W]``, H and W at least one patch (any size: maps are padded to windows).
+            indices: stages to return: None for all, an int ``n`` for the last ``n``, or a sequence
+                of stage indices (negative from the end). Returned in forward order.
+            norm: pass the last stage's map through the final norm (sized for that stage only).
+            stop_early: run no stage after the deepest requested one.
+            output_fmt: ``"NCHW"`` (permuted, contiguous) or ``"NHWC"`` (Swin's own layout).
+            intermediates_only: return only the list of maps.
+
+        Returns:
+            ``(final, maps)``, or ``maps`` if ``intermediates_only``: ``final`` is ``[B, H', W', C]``
+            (normed, as ``forward_features``, when the last stage ran) and stage ``i``'s map is
+            ``[B, embed_dim * 2**i, ceil(H / r), ceil(W / r)]`` for ``r = patch_size * 2**i`` (NCHW).
+        """
+        check_output_fmt(output_fmt, ("NCHW", "NHWC"), type(self).__name__)
+        take, last = feature_take_indices(len(self.layers), indices)
+        check_image_input(x, self.in_chans, self.patch_size, type(self).__name__)
+        final = len(self.feature_info) - 1  # the stage self.norm is sized for (kept if pruned)
+        x = self.patch_embed(x)  # B, H/p, W/p, C
+        maps, i = [], -1
+        for i, stage in enumerate(self.layers[:last + 1] if stop_early else self.layers):
+            x = stage(x)  # B, H_i, W_i, C_i
+            if i in take:
+                y = self.norm(x) if norm and i == final else x
+                maps.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)  # B, C_i, H_i, W_i
+        if intermediates_only:
+            return maps
+        return (self.norm(x) if i == final else x), maps
+
+    def prune_intermediate_layers(self, indices: int | list[int] | tuple[int, ...] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the deepest of ``indices``, the final norm (if ``prune_norm`` or its
+        stage is dropped) and the head (if ``prune_head``), in place.
+
+        Returns:
+            The absolute stage indices, for ``forward_intermediates`` of the pruned model.
+        """
+        take, last = feature_take_indices(len(self.layers), indices)
+        self.layers = self.layers[:last + 1]
+        if prune_norm or last < len(self.feature_info) - 1:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
 
 class SwinTransformerV2(SwinTransformer):

@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import DropPath, Mlp, check_image_input
 from ..registry import register_model
+from .features import check_output_fmt, feature_take_indices
 
 __all__ = ["VisionTransformer", "resample_pos_embed", "checkpoint_filter_fn"]
 
@@ -197,6 +198,10 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
+        # Every block can give a map on the patch grid (timm's features_only takes the last three).
+        self.feature_info = [
+            dict(num_chs=embed_dim, reduction=max(self.patch_size), module=f"blocks.{i}") for i in range(depth)
+        ]
 
     def _init_weights(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -254,13 +259,7 @@ class VisionTransformer(nn.Module):
             ``[B, 1 + (H // p) * (W // p), C]``, class token first.
         """
         check_image_input(x, self.in_chans, self.patch_size, type(self).__name__)
-        x = self.patch_embed(x)  # B, C, gh, gw
-        grid = (x.shape[2], x.shape[3])
-        x = x.flatten(2).transpose(1, 2)  # B, N, C
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # B, 1 + N, C
-        x = x + self.pos_embed_for(grid)
-        if self.drop_rate > 0 and self.training:
-            x = F.dropout(x, self.drop_rate, True)
+        x, _ = self._embed_tokens(x)
         if self.grad_checkpointing and torch.is_grad_enabled():
             for blk in self.blocks:
                 x = checkpoint(blk, x, use_reentrant=False)
@@ -279,6 +278,78 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_chans, H, W]`` -> logits ``[B, num_classes]`` (pooled ``[B, C]`` if num_classes=0)."""
         return self.forward_head(self.forward_features(x))
+
+    # ---- feature maps (zoo.models.features) --------------------------------------------------------
+    default_out_indices = 3  # features_only gives the last three blocks by default, as timm
+
+    def _embed_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """What ``forward_features`` does before the blocks: ``[B, in_chans, H, W]`` -> tokens
+        ``[B, 1 + gh * gw, C]`` with positions added (and dropout), and the grid ``(gh, gw)``."""
+        x = self.patch_embed(x)  # B, C, gh, gw
+        grid = (x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2)  # B, N, C
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # B, 1 + N, C
+        x = x + self.pos_embed_for(grid)
+        if self.drop_rate > 0 and self.training:
+            x = F.dropout(x, self.drop_rate, True)
+        return x, grid
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Each requested block's patch tokens on the way to ``forward_features`` (timm's signature).
+
+        Args:
+            x: ``[B, in_chans, H, W]``, H and W at least one patch (any size: positions are resampled).
+            indices: blocks to return: None for all, an int ``n`` for the last ``n``, or a sequence
+                of block indices (negative from the end). Returned in forward order.
+            norm: pass each map through the final norm first.
+            stop_early: run no block after the deepest requested one.
+            output_fmt: ``"NCHW"`` (tokens laid out on the patch grid) or ``"NLC"`` (token lists).
+            intermediates_only: return only the list of maps.
+
+        Returns:
+            ``(final, maps)``, or ``maps`` if ``intermediates_only``: ``final`` is the normed tokens
+            ``[B, 1 + gh * gw, C]`` (as ``forward_features`` unless stopped early); each map drops the
+            class token: ``[B, C, gh, gw]`` (NCHW) or ``[B, gh * gw, C]`` (NLC), ``gh = H // patch``.
+        """
+        check_output_fmt(output_fmt, ("NCHW", "NLC"), type(self).__name__)
+        take, last = feature_take_indices(len(self.blocks), indices)
+        check_image_input(x, self.in_chans, self.patch_size, type(self).__name__)
+        x, (gh, gw) = self._embed_tokens(x)
+        maps = []
+        for i, blk in enumerate(self.blocks[:last + 1] if stop_early else self.blocks):
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+            if i in take:
+                maps.append((self.norm(x) if norm else x)[:, 1:])  # B, gh * gw, C
+        if output_fmt == "NCHW":
+            maps = [m.reshape(m.shape[0], gh, gw, -1).permute(0, 3, 1, 2).contiguous() for m in maps]  # B, C, gh, gw
+        return maps if intermediates_only else (self.norm(x), maps)
+
+    def prune_intermediate_layers(self, indices: int | list[int] | tuple[int, ...] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the blocks after the deepest of ``indices``, the final norm if ``prune_norm`` and the
+        head if ``prune_head``, in place.
+
+        Returns:
+            The absolute block indices, for ``forward_intermediates`` of the pruned model.
+        """
+        take, last = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:last + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
 
 # ---- checkpoint conversion -----------------------------------------------------------------------
