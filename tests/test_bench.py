@@ -167,7 +167,6 @@ def test_table_lists_exactly_the_registry(tmp_path):
         rewrite_readme(readme, table)
 
 
-@pytest.mark.skipif("resnet18" not in zoo.list_models(), reason="resnet not registered")
 def test_model_stats_real_model():
     s = model_stats("resnet18")
     assert s["img_size"] == 224

@@ -9,6 +9,7 @@ import torch
 __all__ = ["resolve_precision", "bf16_fast", "register_model_configs", "model_family", "read_zoo_checkpoint"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+MODEL_TARGET = "zoo.train.build_model"  # what every model node instantiates
 
 
 def bf16_fast(accelerator: str = "auto") -> bool:
@@ -40,10 +41,13 @@ def model_family(name: str) -> str:
 
 
 def register_model_configs() -> list[str]:
-    """Store a node ``{name, kwargs}`` in Hydra's group ``model`` for every registered model.
+    """Store a node ``{_target_: zoo.train.build_model, name, num_classes, kwargs}`` in Hydra's group
+    ``model`` for every registered model.
 
-    So ``model=<any name>`` works without a yaml per model. A node inherits its family's settings
-    from ``configs/model/_family/<family>.yaml`` when that file exists. A hand-written
+    So ``model=<any name>`` works without a yaml per model; ``instantiate(cfg.model, num_classes=10)``
+    builds it, and architecture overrides go under ``kwargs`` (``+model.kwargs.depth=6``). A node
+    inherits its family's settings from ``configs/model/_family/<family>.yaml`` when that file
+    exists. A hand-written
     ``configs/model/<name>.yaml`` wins: no node is stored for its name (Hydra would otherwise merge
     the two as a "schema").
     """
@@ -58,7 +62,8 @@ def register_model_configs() -> list[str]:
             continue
         fam = model_family(name)
         defaults = [f"_family/{fam}@_here_"] if (CONFIG_DIR / "model" / "_family" / f"{fam}.yaml").is_file() else []
-        cs.store(group="model", name=name, node={"defaults": [*defaults, "_self_"], "name": name, "num_classes": None, "kwargs": {}})
+        cs.store(group="model", name=name, node={"defaults": [*defaults, "_self_"], "_target_": MODEL_TARGET,
+                                                   "name": name, "num_classes": None, "kwargs": {}})
     return names
 
 
