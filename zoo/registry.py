@@ -1,8 +1,11 @@
-"""Model and block registries: two dicts filled by decorators.
+"""Model and block registries: two dicts filled by decorators, names -> entry points and block classes.
 
 Registering a taken name raises; an unknown name raises a ``ValueError`` that suggests the
 closest registered names. Entry points never swallow keyword arguments, so a misspelt one
 surfaces as a ``TypeError`` naming it.
+
+This module imports no model and no weights code: building a model (weights, pretrained config)
+is :mod:`zoo.builder`'s job, which sits above both the registry and :mod:`zoo.weights`.
 """
 from __future__ import annotations
 
@@ -21,7 +24,6 @@ __all__ = [
     "list_blocks",
     "get_model_entry",
     "get_block",
-    "create",
     "create_block",
 ]
 
@@ -115,37 +117,12 @@ def create_block(name: str, channels: int, **kwargs) -> nn.Module:
     return get_block(name)(channels, **kwargs)
 
 
-def create(
-    name: str,
-    *,
-    pretrained: bool | str = False,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    **kwargs,
-) -> nn.Module:
-    """Build a registered model.
+def __getattr__(name: str):
+    # ``from zoo.registry import create`` predates zoo.builder (zoo.bench still uses it). Resolved
+    # only on that attribute access, so importing or using the registry never loads the builder.
+    # Remove once every caller imports zoo.builder.create (or zoo.create).
+    if name == "create":
+        from .builder import create
 
-    Args:
-        name: a name from :func:`list_models`.
-        pretrained: False; True for the default catalog tag (``zoo.list_pretrained(name)``); a tag
-            (``"tv2_in1k"``) or catalog key (``"resnet50.tv2_in1k"``, also of the plain backbone of an
-            attention variant: its blocks are retrofitted as the identity); a URL; or a local
-            ``.pth``/``.pt``/``.bin``/``.safetensors`` path in torchvision, timm, official or zoo layout.
-            Downloads are cached and hash-checked (zoo.weights.download).
-        num_classes: classifier outputs; 0 gives pooled features from ``forward``.
-        in_chans: input image channels.
-        **kwargs: architecture overrides for the entry point; unknown ones raise ``TypeError``.
-
-    Returns:
-        The model, in train mode as ``nn.Module`` constructors leave it.
-    """
-    entry = get_model_entry(name)
-    if pretrained:
-        from .weights import load_pretrained, pretrained_kwargs
-
-        kwargs = pretrained_kwargs(name, pretrained, kwargs)
-    model = entry.fn(num_classes=num_classes, in_chans=in_chans, **kwargs)
-    if pretrained:
-        # What was loaded, re-initialised, adapted or retrofitted, and the catalog entry used.
-        model.load_report = load_pretrained(model, pretrained, filter_fn=entry.filter_fn, model_name=name)
-    return model
+        return create
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
