@@ -15,6 +15,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from zoo import resolve_pretrained_cfg
 from zoo.train import read_zoo_checkpoint, register_model_configs, resolve_precision
 
 register_model_configs()
@@ -25,7 +26,7 @@ def train(cfg: DictConfig, callbacks: list | tuple = ()) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
 
-    datamodule = instantiate(cfg.data, model_name=cfg.model.name, pretrained=cfg.pretrained)
+    datamodule = instantiate(cfg.data, data_config=resolve_pretrained_cfg(cfg.model.name, cfg.pretrained))
     datamodule.prepare_data()
     datamodule.setup("fit")  # fails here, before any step, on a missing root or mismatched classes
     num_classes = cfg.model.num_classes or datamodule.num_classes

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..flops import count_macs
-from ..registry import create, list_models
+from ..builder import create, list_models
 from .harness import NO_TWIN
 from .report import read_csv
 from .twins import native_img_size

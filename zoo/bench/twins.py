@@ -47,7 +47,7 @@ def native_img_size(name: str, model: nn.Module | None = None) -> int:
 
 
 def _build_zoo(name: str, img_size: int, fast: bool = True) -> nn.Module:
-    from ..registry import create
+    from ..builder import create
 
     if img_size == native_img_size(name):
         return create(name, fast=fast)

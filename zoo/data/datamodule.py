@@ -40,13 +40,14 @@ class ImageFolderDataModule(L.LightningDataModule):
     Args:
         root: dataset folder; None with ``embedded`` set uses the cache.
         embedded: a key of ``zoo.data.embedded.EMBEDDED`` or None.
-        img_size, mean, std, interpolation, crop_pct: preprocessing defaults, overridden by the
-            model's pretrained entry when one is catalogued (:func:`resolve_data_config`).
+        img_size, mean, std, interpolation, crop_pct: preprocessing, where ``data_config`` has none.
         batch_size: per process.
         num_workers: loader processes (0 decodes in the training process).
         train_aug: keyword arguments of :func:`zoo.data.transforms.train_transform`.
         seed: base seed of the per-epoch shuffle.
-        model_name, pretrained: used to look up the pretrained preprocessing.
+        data_config: the preprocessing the model's weights expect, overriding the settings above:
+            ``model.pretrained_cfg``, :func:`zoo.resolve_pretrained_cfg` (when the datamodule is built
+            before the model), or a checkpoint's saved data config. None: the settings above.
     """
 
     def __init__(
@@ -67,17 +68,15 @@ class ImageFolderDataModule(L.LightningDataModule):
         train_split: str = "train",
         val_split: str = "val",
         seed: int = 0,
-        model_name: str | None = None,
-        pretrained: str | None = None,
+        data_config: Mapping | None = None,
     ):
         super().__init__()
         if root is None and embedded is None:
             raise ValueError(f"Give data.root (an ImageFolder tree) or data.embedded ({', '.join(EMBEDDED)}).")
         self.root, self.embedded = root, embedded
         self.data_config = resolve_data_config(
-            model_name,
             dict(img_size=img_size, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct),
-            pretrained,
+            data_config,
         )
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory

@@ -19,6 +19,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 import zoo
+from zoo.checkpoint import check_matches, restore_ema, validate
 
 __all__ = ["ClassificationModule", "build_model", "param_groups"]
 
@@ -287,18 +288,10 @@ class ClassificationModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._loader_states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
-        meta = checkpoint.get("zoo")
-        if meta is None:
-            raise ValueError("This checkpoint was not written by zoo's train.py (no 'zoo' entry); "
-                             "to initialise weights from it use pretrained=<path> instead of ckpt_path.")
+        # The one reader's checks (zoo.checkpoint): a foreign file or another model is a clear error.
+        meta = validate(checkpoint, "ckpt_path")
         hp = self.hparams
-        mine = (hp.model["name"], hp.num_classes, dict(hp.model.get("kwargs") or {}))
-        theirs = (meta["model_name"], meta["num_classes"], meta.get("model_kwargs", {}))
-        if mine != theirs:
-            raise ValueError(
-                f"Checkpoint is for model {theirs[0]!r} ({theirs[1]} classes, kwargs {theirs[2]}) but this run "
-                f"builds {mine[0]!r} ({mine[1]} classes, kwargs {mine[2]}). Use the same model= and data=, "
-                "or pass the file as pretrained= to fine-tune from it."
-            )
-        if self.ema is not None and "ema_state_dict" in checkpoint:
-            self.ema.load_state_dict(checkpoint["ema_state_dict"])
+        check_matches(meta, model_name=hp.model["name"], num_classes=hp.num_classes,
+                      model_kwargs=dict(hp.model.get("kwargs") or {}), source="ckpt_path")
+        if self.ema is not None:
+            restore_ema(self.ema, checkpoint, "ckpt_path")

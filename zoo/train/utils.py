@@ -1,10 +1,12 @@
-"""Helpers for the entry points: precision, model config nodes, checkpoint reading, seeds."""
+"""Helpers for the entry points: precision, model config nodes; checkpoints are read by zoo.checkpoint."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
 import torch
+
+from ..checkpoint import read_checkpoint as read_zoo_checkpoint  # the one reader; name kept for train.py
 
 __all__ = ["resolve_precision", "bf16_fast", "register_model_configs", "model_family", "read_zoo_checkpoint"]
 
@@ -65,14 +67,3 @@ def register_model_configs() -> list[str]:
         cs.store(group="model", name=name, node={"defaults": [*defaults, "_self_"], "_target_": MODEL_TARGET,
                                                    "name": name, "num_classes": None, "kwargs": {}})
     return names
-
-
-def read_zoo_checkpoint(path: str | Path) -> dict:
-    """Load a train.py checkpoint (weights only, no code execution) and check it is one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "zoo" not in ckpt:
-        raise ValueError(f"{str(path)!r} is not a zoo train.py checkpoint (no 'zoo' entry); use pretrained= for weights.")
-    return ckpt
