@@ -7,8 +7,8 @@ import torch.nn as nn
 
 import zoo
 from zoo.bench import COLUMNS, NO_TWIN, BenchCase, Impl, run_bench, twins_for, write_outputs
-from zoo.bench.harness import cases_from_registry
 from zoo.bench.__main__ import main as bench_main
+from zoo.bench.harness import cases_from_registry
 from zoo.bench.table import END, START, bench_lookup, build_table, model_stats, rewrite_readme
 
 
@@ -105,8 +105,10 @@ def test_outputs_written(clock, tmp_path):
 @pytest.mark.parametrize("flags", [{"compile": True}, {"freeze": True}, {"channels_last": True}])
 def test_compile_freeze_and_channels_last_run_through_the_harness(flags):
     """The compiled, frozen and channels-last paths run inference and a training step, real clock."""
-    plain = lambda size: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                       nn.Flatten(), nn.Linear(4, 5))
+    def plain(size):
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(4, 5))
+
     case = BenchCase("tiny", Impl("zoo", "zoo:tiny", plain), [Impl("ref", "ref:tiny", plain)], img_size=8)
     rows = run_bench([case], batch=2, repeats=2, warmup=2, modes=("infer", "train"), ceilings={"fp32": 100.0},
                      log=lambda msg: None, **flags)
