@@ -8,7 +8,6 @@ backward, finite, a gradient for every parameter, ``num_classes=0`` and ``reset_
 from __future__ import annotations
 
 import copy
-import functools
 
 import pytest
 import torch
@@ -25,8 +24,18 @@ def _small_side(name: str) -> int:
     return 64
 
 
-@functools.cache
-def _built(name: str) -> torch.nn.Module:
+def _params_m(name: str) -> float:
+    with torch.device("meta"):  # counting needs no weights
+        return sum(p.numel() for p in zoo.create(name).parameters()) / 1e6
+
+
+# Full-size builds of the largest models (ResNet-101/152, ViT-B/L, Swin-S/B) cost most of the time
+# for what they check: they run under -m slow (CI runs it); every model runs the meta-device checks.
+BIG_M = 40.0
+SIZED = [pytest.param(n, marks=pytest.mark.slow) if _params_m(n) > BIG_M else n for n in MODELS]
+
+
+def _build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     return zoo.create(name, num_classes=5)
 
@@ -41,25 +50,24 @@ def test_the_registry_is_not_empty():
     assert len(MODELS) >= 50  # 36 ResNets, 5 ViTs, 6 Swins today: a lost family fails here
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_forward_backward_every_parameter_gets_a_gradient(name):
-    model = _built(name).train()
-    out = model(_input(name))
+@pytest.mark.parametrize("name", SIZED)
+def test_forward_backward_gradients_and_fast_equals_plain(name):
+    """One build per model (kept no longer than this test): train-mode forward and backward, finite,
+    a gradient for every parameter; then eval-mode accelerated output equal to the plain model's."""
+    model = _build(name).train()
+    x = _input(name)
+    out = model(x)
     assert out.shape == (2, 5) and torch.isfinite(out).all()
-    model.zero_grad(set_to_none=True)
     out.square().mean().backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"{name}: no gradient for {missing[:5]}"
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    model.zero_grad(set_to_none=True)
 
-
-@pytest.mark.parametrize("name", MODELS)
-def test_fast_equals_plain_and_undo_gives_plain_modules(name):
-    fast = _built(name).eval()
+    fast = model.eval()
     assert zoo.accel.techniques_applied(fast), f"{name}: zoo.create applied no accel technique"
     plain = zoo.accel.undo(copy.deepcopy(fast))
     assert not any(type(m).__module__.startswith("zoo.accel") for m in plain.modules())
-    x = _input(name)
     with torch.no_grad():
         want = plain(x)
         got = fast(x)
@@ -100,7 +108,7 @@ def test_features_only_gives_the_declared_maps(name):
 def test_traces_to_one_graph(name):
     """Inference under bf16 autocast and a training step each trace into one torch.compile graph
     (tests/test_compile.py checks one member of each family in the default run)."""
-    model = _built(name)
+    model = _build(name)
     x = _input(name)
     for train in (False, True):
         torch._dynamo.reset()

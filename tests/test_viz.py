@@ -100,6 +100,7 @@ def test_capture_off_bit_identical_and_fused(name, kw, size, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    hooks = [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]  # zoo.accel's layout hook
     with torch.no_grad():
         before = model(x)
         n_fused = len(calls)
@@ -113,7 +114,7 @@ def test_capture_off_bit_identical_and_fused(name, kw, size, monkeypatch):
     assert n_during == n_fused == len(calls) - n_fused - n_during
     if name != "cbam_resnet18":
         assert n_fused > 0
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert hooks == [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]  # all removed
 
 
 # ---- ViT ----------------------------------------------------------------------------------------
@@ -170,7 +171,7 @@ def test_swin_stitch_round_trip(size, window, shift):
 @pytest.mark.parametrize("name", ["swin_t", "swin_v2_t"])
 def test_swin_partition_matches_the_block(name):
     """Our window cut equals the tokens the block feeds its attention (shift and padding included)."""
-    model = _eval(name, **TINY_SWIN)
+    model = _eval(name, mask_padding=True, **TINY_SWIN)  # padded keys masked: real positions hold mass 1
     x = torch.randn(1, 3, 36, 44)  # 9 x 11 map, windows of 4: padded and shifted
     seen = {}
     blk = model.layers[0].blocks[1]  # shifted block
@@ -179,7 +180,7 @@ def test_swin_partition_matches_the_block(name):
     with torch.no_grad(), capture_attention(model, keep_full=True) as maps:
         model(x)
     h1.remove(), h2.remove()
-    H, W, Hp, Wp, window, shift = seen["geometry"]
+    H, W, Hp, Wp, window, shift, _ = seen["geometry"]
     assert shift == (2, 2) and (Hp, Wp) != (H, W)
     normed = blk.norm1(seen["inp"]) if name == "swin_t" else seen["inp"]  # v2 is post-norm
     ours = window_partition_map(normed.permute(0, 3, 1, 2), window, shift)  # B*nW, C, N

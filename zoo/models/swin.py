@@ -67,14 +67,17 @@ def relative_coords_table(wh: int, ww: int, norm: tuple[int, int]) -> torch.Tens
     return table.reshape(-1, 2)
 
 
-def _region_mask(H: int, W: int, Hp: int, Wp: int, window: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor | None:
+def _region_mask(H: int, W: int, Hp: int, Wp: int, window: tuple[int, int], shift: tuple[int, int],
+                 mask_padding: bool = True) -> torch.Tensor | None:
     """Additive mask ``[nW, N, N]`` for one padded, rolled map; None when nothing is masked.
 
     Tokens of different shifted regions (labelled by the official slices) must not attend to each
-    other; keys outside the ``H x W`` extent (padding) are masked too. ``SwinBlock`` passes the
-    padded size as the extent unless ``mask_padding`` is on, so by default the zero-padded tokens
-    join the attention, as in torchvision and the official detection code.
+    other; with ``mask_padding`` the keys outside the real ``H x W`` map are masked too. Without it
+    (``SwinBlock``'s default) the zero-padded tokens join the attention, as in torchvision and the
+    official detection code.
     """
+    if not mask_padding:
+        H, W = Hp, Wp
     if shift == (0, 0) and (H, W) == (Hp, Wp):
         return None
     (wh, ww), (sh, sw) = window, shift
@@ -167,8 +170,8 @@ class WindowAttention(nn.Module):
     def attn_mask(self, geometry: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """Bias plus region mask, ``[nW or 1, heads, N, N]`` in ``dtype``.
 
-        ``geometry`` is ``(H, W, Hp, Wp, window, shift)`` of the (padded) map, H x W the extent
-        whose keys may be attended to.
+        ``geometry`` is ``(H, W, Hp, Wp, window, shift, mask_padding)``: the map, its padded size,
+        the window and shift in use, and whether padded keys are masked.
         """
         bias = self.position_bias(geometry[4])  # heads, N, N
         region = self.region_mask(geometry, device)
@@ -328,8 +331,7 @@ class SwinBlock(nn.Module):
         if sh or sw:
             x = torch.roll(x, (-sh, -sw), (1, 2))
         x = x.view(B, Hp // wh, wh, Wp // ww, ww, C).transpose(2, 3).reshape(-1, wh * ww, C)  # B*nW, N, C
-        extent = (H, W) if self.mask_padding else (Hp, Wp)  # keys that may be attended to
-        x = self.attn(x, (*extent, Hp, Wp, (wh, ww), (sh, sw)))
+        x = self.attn(x, (H, W, Hp, Wp, (wh, ww), (sh, sw), self.mask_padding))
         x = x.view(B, Hp // wh, Wp // ww, wh, ww, C).transpose(2, 3).reshape(B, Hp, Wp, C)
         if sh or sw:
             x = torch.roll(x, (sh, sw), (1, 2))

@@ -274,7 +274,7 @@ def _swin_probs(m: nn.Module, x: torch.Tensor, geometry: tuple) -> torch.Tensor:
 def _install_swin_attention(name, m, maps, opts):
     def hook(_mod, args):
         x, geometry = args[0], args[1]
-        H, W, Hp, Wp, window, shift = geometry
+        H, W, Hp, Wp, window, shift = geometry[:6]
         with torch.no_grad():
             probs = _swin_probs(m, x, geometry)  # B*nW, heads, N, N
             # Average over the window's real queries: padded positions are queries nobody looks at.
