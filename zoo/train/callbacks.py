@@ -1,4 +1,5 @@
-"""Callbacks: the run summary (summary.json, curves.png) and throughput measurement."""
+"""Callbacks: the run summary (summary.json, curves.png), throughput, and the checks that every
+checkpoint it reports can be, and was, written."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from .checkpoint_io import check_writable, write_hint
 
 __all__ = ["RunSummary", "plot_curves"]
 
@@ -19,7 +22,8 @@ class RunSummary(L.Callback):
     """Record per-epoch metrics; at the end write ``summary.json`` and ``curves.png`` in ``output_dir``.
 
     The summary holds the final and best metrics, epochs, wall time, training images/s (time spent in
-    training batches only) and the checkpoint paths.
+    training batches only) and the checkpoint paths. Fitting stops before the first step if a
+    checkpoint folder is not writable, and raises at the end if a reported checkpoint is missing.
     """
 
     def __init__(self, output_dir: str, monitor: str = "val/top1"):
@@ -30,6 +34,14 @@ class RunSummary(L.Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
+        # Hours of training into a folder that cannot take the checkpoint help nobody: check first.
+        problems = []
+        if trainer.is_global_zero:
+            folders = {c.dirpath for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)}
+            problems = [p for p in (check_writable(f) for f in sorted(folders) if "://" not in f) if p]
+        problems = trainer.strategy.broadcast(problems, src=0)  # every rank stops, not only rank 0
+        if problems:
+            raise PermissionError("\n".join(problems))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._tb = time.perf_counter()
@@ -56,8 +68,22 @@ class RunSummary(L.Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._flush(trainer)
+        missing = []
         if trainer.is_global_zero:
             self.write(trainer)
+            missing = self.missing_checkpoints(trainer)
+        missing = trainer.strategy.broadcast(missing, src=0)
+        if missing:
+            raise RuntimeError(
+                "".join(f"Checkpoint {p} was reported saved but does not exist. " for p in missing)
+                + f"The checkpoint writer failed without an error. To fix: {write_hint(missing[0])}")
+
+    @staticmethod
+    def missing_checkpoints(trainer) -> list[str]:
+        """Paths that a ModelCheckpoint reports as saved (best, last) but that are not files."""
+        paths = {p for c in trainer.checkpoint_callbacks for p in (getattr(c, "best_model_path", ""),
+                                                                   getattr(c, "last_model_path", "")) if p}
+        return sorted(p for p in paths if "://" not in p and not Path(p).is_file())
 
     def write(self, trainer) -> Path:
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +102,9 @@ class RunSummary(L.Callback):
             },
             "history": self.history,
         }
+        missing = self.missing_checkpoints(trainer)
+        if missing:  # say so in the file too, rather than list files that are not there
+            summary["checkpoints"]["missing"] = missing
         path = self.output_dir / "summary.json"
         path.write_text(json.dumps(summary, indent=2))
         if self.history:
