@@ -156,3 +156,141 @@ print("EPOCH", torch.load(last, weights_only=True)["epoch"])
                        cwd=ROOT, env=QUIET, capture_output=True, text=True, timeout=120)
     out = r.stdout + r.stderr
     assert "RAISED" in out and "EPOCH 1" in out, out[-3000:]
+
+
+# ------------------------------------------------------------- 6, 11: splits with no readable image
+def _tree(root: Path, *, bad_val: bool = False, bad_train: bool = False, n: int = 4) -> Path:
+    """``root/{train,val}/{a,b}/*.png`` of 24 px images; a bad split holds only undecodable files."""
+    for split, bad in (("train", bad_train), ("val", bad_val)):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                f = root / split / c / f"{i}.png"
+                if bad:
+                    f.write_bytes(b"not a png")
+                else:
+                    cv2.imwrite(str(f), np.full((24, 24, 3), 60 * i + (c == "b") * 30, np.uint8))
+    return root
+
+
+DATA = ["data=imagefolder", "data.img_size=32", "data.num_workers=0", "data.pin_memory=false", "logger=[]"]
+
+
+def test_eval_stops_clearly_when_every_image_is_undecodable(train_cfg, eval_cfg, tmp_path):
+    import eval as eval_script
+
+    good, bad = _tree(tmp_path / "good"), _tree(tmp_path / "bad", bad_val=True)
+    _train()(train_cfg("model=resnet18", *DATA, f"data.root={good}"))
+    cfg = eval_cfg(f"ckpt_path={tmp_path}/checkpoints/last.ckpt", "data=imagefolder", f"data.root={bad}",
+                   "data.num_workers=0", "data.pin_memory=false")
+    with pytest.raises(ValueError, match="no readable image") as e:
+        eval_script.evaluate(cfg)
+    assert "8" in str(e.value) and str(bad / "val") in str(e.value)
+
+
+def test_training_stops_when_validation_has_no_readable_image_and_saves_no_best(train_cfg, tmp_path):
+    data = _tree(tmp_path / "data", bad_val=True)
+    with pytest.raises(RuntimeError, match="No readable validation image") as e:
+        _train()(train_cfg("model=resnet18", *DATA, f"data.root={data}"))
+    assert str(data / "val") in str(e.value)
+    assert not list((tmp_path / "checkpoints").glob("best*.ckpt"))
+
+
+def test_training_stops_when_training_has_no_readable_image(train_cfg, tmp_path):
+    data = _tree(tmp_path / "data", bad_train=True)
+    with pytest.raises(RuntimeError, match="No readable training image"):
+        _train()(train_cfg("model=resnet18", *DATA, f"data.root={data}"))
+    assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
+
+
+def test_skipped_images_are_printed_with_their_list(train_cfg, eval_cfg, tmp_path, capsys):
+    """Visible without Python warnings (PYTHONWARNINGS=ignore): in the summary train.py and eval.py print."""
+    import warnings
+
+    import eval as eval_script
+
+    data = _tree(tmp_path / "data")
+    (data / "train" / "a" / "zz_bad.png").write_bytes(b"garbage")
+    (data / "val" / "b" / "zz_bad.png").write_bytes(b"")
+    warnings.simplefilter("ignore")
+    summary = _train()(train_cfg("model=resnet18", *DATA, f"data.root={data}", "data.batch_size=9"))
+    out = capsys.readouterr().out
+    listing = tmp_path / "skipped_images.txt"
+    assert f"skipped:     1 train, 1 val images (listed in {listing})" in out, out
+    assert summary["skipped_images"] == {"train": 1, "val": 1, "list": str(listing)}
+    lines = listing.read_text().splitlines()
+    assert sorted(ln.split("\t")[:2] for ln in lines) == [["train", str(data / "train/a/zz_bad.png")],
+                                                          ["val", str(data / "val/b/zz_bad.png")]]
+    m = eval_script.evaluate(eval_cfg(f"ckpt_path={tmp_path}/checkpoints/last.ckpt", "data=imagefolder",
+                                      f"data.root={data}", "data.num_workers=0"))
+    out = capsys.readouterr().out
+    listing = tmp_path / "eval" / "skipped_images.txt"
+    assert m["skipped_images"] == 1 and f"(1 skipped, listed in {listing})" in out, out
+    assert listing.read_text().split("\t")[0] == str(data / "val/b/zz_bad.png")
+
+
+# ------------------------------------------------------------------------------ 10: data that lies
+def _jpeg(size=(96, 128)) -> bytes:
+    y, x = np.mgrid[: size[0], : size[1]]
+    img = np.stack([x * 2 % 256, y * 2 % 256, (x + y) % 256], -1).astype(np.uint8)
+    return cv2.imencode(".jpg", img)[1].tobytes()
+
+
+def _folder(tmp_path, files: dict[str, bytes]):
+    from zoo.data import ImageFolder
+
+    for name, data in files.items():
+        (tmp_path / "a").mkdir(exist_ok=True)
+        (tmp_path / "a" / name).write_bytes(data)
+    return ImageFolder(tmp_path)
+
+
+def test_truncated_jpeg_is_skipped_not_decoded_grey(tmp_path):
+    good = _jpeg()
+    ds = _folder(tmp_path, {"cut.jpg": good[: len(good) // 2], "good.jpg": good,
+                            "trailer.jpg": good + b"camera trailer data", "padded.jpg": good + b"\x00" * 16})
+    with pytest.warns(UserWarning, match="cut.jpg.*truncated"):
+        items = [ds[i] for i in range(len(ds))]
+    assert [it is None for it in items] == [True, False, False, False]  # sorted: cut, good, padded, trailer
+    assert all(it["image"].shape == (96, 128, 3) for it in items[1:])
+
+
+def test_image_over_the_pixel_limit_is_skipped_before_decoding(tmp_path, monkeypatch):
+    from zoo.data import ImageFolder, collate_skip
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "huge.png").write_bytes(cv2.imencode(".png", np.zeros((200, 300, 3), np.uint8))[1].tobytes())
+    (tmp_path / "a" / "small.png").write_bytes(cv2.imencode(".png", np.zeros((20, 30, 3), np.uint8))[1].tobytes())
+    ds = ImageFolder(tmp_path, max_pixels=10_000)
+    decoded = []
+    real = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda buf, flags: decoded.append(len(buf)) or real(buf, flags))
+    with pytest.warns(UserWarning, match=r"huge.png.*300 x 200 = 60000 pixels, over the limit of 10000"):
+        batch = collate_skip(ds.__getitems__([0, 1]))
+    assert len(decoded) == 1  # the large one was never decoded
+    assert batch["skipped"] == 1 and batch["index"].tolist() == [1]
+    assert batch["skipped_items"] == [(str(tmp_path / "a" / "huge.png"), batch["skipped_items"][0][1])]
+    assert ImageFolder(tmp_path, max_pixels=None)[0]["image"].shape == (200, 300, 3)
+
+
+def test_pixel_limit_is_a_data_option(train_cfg, tmp_path):
+    cfg = train_cfg("data=imagefolder", f"data.root={tmp_path}", "data.max_image_pixels=1234")
+    assert instantiate(cfg.data).max_image_pixels == 1234
+
+
+def test_empty_and_looping_class_folders_warn(tmp_path):
+    from zoo.data import ImageFolder, find_classes
+
+    (tmp_path / "a").mkdir()
+    cv2.imwrite(str(tmp_path / "a" / "0.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # a symlink to itself
+    (tmp_path / "up").symlink_to(tmp_path)  # a symlink back to the split folder
+    with pytest.warns(UserWarning, match="loop.*symlink loop"):
+        classes = find_classes(tmp_path)
+    assert classes == ["a", "empty", "up"]
+    with pytest.warns(UserWarning) as rec:
+        ImageFolder(tmp_path, classes)
+    msgs = " ".join(str(w.message) for w in rec)
+    assert "'empty'" in msgs and "no images" in msgs
+    assert "up" in msgs and "symlink loop" in msgs

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from .checkpoint_io import check_writable, write_hint
@@ -31,6 +32,7 @@ class RunSummary(L.Callback):
         self.history: list[dict] = []
         self._t0 = self._tb = None
         self.train_time, self.train_images = 0.0, 0
+        self.skipped: dict[str, dict[str, str]] = {"train": {}, "val": {}}  # split -> path -> reason
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
@@ -49,6 +51,19 @@ class RunSummary(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.train_time += time.perf_counter() - self._tb
         self.train_images += len(batch["image"]) * trainer.world_size
+        self._note_skipped("train", batch)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking:
+            self._note_skipped("val", batch)
+
+    def _note_skipped(self, split: str, batch) -> None:
+        if isinstance(batch, dict):
+            self.skipped[split].update(batch.get("skipped_items") or [])
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if trainer.is_global_zero:  # a run stopped for unreadable data still says which files
+            self.write_skipped()
 
     # An epoch's row is taken once all its epoch-end hooks have logged (callbacks run before the
     # module's on_train_epoch_end): at the next epoch's start, or at the end of fitting.
@@ -68,6 +83,12 @@ class RunSummary(L.Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._flush(trainer)
+        if trainer.world_size > 1 and torch.distributed.is_initialized():  # each rank saw its own shard
+            parts = [None] * trainer.world_size
+            torch.distributed.all_gather_object(parts, self.skipped)
+            for part in parts:
+                for split, files in part.items():
+                    self.skipped[split].update(files)
         missing = []
         if trainer.is_global_zero:
             self.write(trainer)
@@ -100,6 +121,8 @@ class RunSummary(L.Callback):
                 "best": ckpt.best_model_path if ckpt else None,
                 "last": ckpt.last_model_path if ckpt else None,
             },
+            "skipped_images": {"train": len(self.skipped["train"]), "val": len(self.skipped["val"]),
+                               "list": self.write_skipped()},
             "history": self.history,
         }
         missing = self.missing_checkpoints(trainer)
@@ -110,6 +133,18 @@ class RunSummary(L.Callback):
         if self.history:
             plot_curves(self.history, self.output_dir / "curves.png")
         return path
+
+
+    def write_skipped(self) -> str | None:
+        """``skipped_images.txt`` (``split<TAB>path<TAB>reason`` per file) if any image was skipped."""
+        rows = [f"{split}\t{path}\t{reason}" for split in ("train", "val")
+                for path, reason in sorted(self.skipped[split].items())]
+        if not rows:
+            return None
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.output_dir / "skipped_images.txt"
+        path.write_text("\n".join(rows) + "\n")
+        return str(path)
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:
