@@ -294,3 +294,29 @@ def test_empty_and_looping_class_folders_warn(tmp_path):
     msgs = " ".join(str(w.message) for w in rec)
     assert "'empty'" in msgs and "no images" in msgs
     assert "up" in msgs and "symlink loop" in msgs
+
+
+# ------------------------------------------------------------------------- 8: the README's viz command
+def _readme_command(prefix: str) -> list[str]:
+    """The README's ``prefix ...`` command line, as written (comment dropped), split into words."""
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith(prefix):
+            return line.split("#")[0].split()
+    raise AssertionError(f"README.md has no line starting with {prefix!r}")
+
+
+def test_readme_viz_command_on_a_quickstart_checkpoint(train_cfg, tmp_path):
+    _train()(train_cfg("logger=[]", "module.ema=null"))  # the quick start's model and data, shrunk
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "digit.png"), np.full((32, 32, 3), 200, np.uint8))
+    words = _readme_command("python -m zoo.viz ckpt_path=")
+    words = [w.replace("outputs/quickstart/checkpoints/last.ckpt", str(ckpt)).replace("path/to/images/", f"{images}/")
+             for w in words]
+    assert any(str(ckpt) in w for w in words) and any(str(images) in w for w in words), words
+    out = tmp_path / "viz"
+    r = subprocess.run([PY, *words[1:], f"hydra.run.dir={out}"], cwd=ROOT, env=QUIET, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert (out / "index.html").is_file() and (out / "digit" / "overview.png").stat().st_size > 1000
