@@ -320,3 +320,63 @@ def test_readme_viz_command_on_a_quickstart_checkpoint(train_cfg, tmp_path):
                        text=True, timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert (out / "index.html").is_file() and (out / "digit" / "overview.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------ 12: attention pictures
+def _saved_figures(monkeypatch) -> list:
+    from matplotlib.figure import Figure
+
+    figs, real = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (figs.append(self), real(self, *a, **k))[1])
+    return figs
+
+
+def _overlays(fig):
+    """(axes title, colour-normalised values drawn, colour bar) of every map panel."""
+    out = []
+    for ax in fig.axes:
+        ims = ax.get_images()
+        if len(ims) == 2:  # the input, then the map over it
+            im = ims[1]
+            out.append((ax.get_title(), np.asarray(im.norm(im.get_array())), im.colorbar))
+    return out
+
+
+def test_overview_shows_input_prediction_scale_and_flat_maps_flat(tmp_path, monkeypatch):
+    from zoo.viz.capture import AttentionMaps
+    from zoo.viz.plot import plot_overview
+
+    g = torch.Generator().manual_seed(0)
+    maps = AttentionMaps()
+    maps.put("layer4.1.attn.spatial", "spatial", 0.5 + 1e-4 * torch.rand(1, 7, 7, generator=g))  # near-constant gate
+    ramp = torch.linspace(0, 1, 49).reshape(1, 7, 7)
+    maps.put("ctx", "context", ramp / ramp.sum())
+    img = np.random.default_rng(0).random((32, 32, 3))
+    figs = _saved_figures(monkeypatch)
+    plot_overview(img, maps, tmp_path / "overview.png", label="seven (p=0.93)")
+    (fig,) = figs
+    first = fig.axes[0]
+    assert np.array_equal(first.get_images()[0].get_array(), img) and "seven (p=0.93)" in first.get_title()
+    panels = {t.split("\n")[0]: (v, cb) for t, v, cb in _overlays(fig)}
+    assert set(panels) == {"layer4.1.attn.spatial", "ctx"}
+    flat, cb = panels["layer4.1.attn.spatial"]
+    assert np.ptp(flat) < 0.01 and cb is not None  # drawn flat, with its scale
+    assert (cb.norm.vmin, cb.norm.vmax) == (0.0, 1.0)  # a sigmoid gate on its own range
+    assert np.ptp(panels["ctx"][0]) > 0.9 and panels["ctx"][1] is not None
+
+
+def test_per_layer_heads_share_one_scale(tmp_path, monkeypatch):
+    from zoo.viz.capture import AttentionMaps
+    from zoo.viz.plot import plot_map
+
+    maps = AttentionMaps()
+    m = torch.stack([torch.full((5, 5), 0.04), torch.linspace(0, 0.08, 25).reshape(5, 5)])  # heads, h, w
+    maps.put("blocks.0.attn", "window", m[None])
+    figs = _saved_figures(monkeypatch)
+    plot_map(np.zeros((20, 20, 3)), maps, "blocks.0.attn", tmp_path / "m.png")
+    (fig,) = figs
+    panels = _overlays(fig)
+    assert len(panels) == 3  # head mean and two heads
+    norms = {(p[2].norm.vmin, p[2].norm.vmax) for p in panels[1:]}
+    assert len(norms) == 1  # heads compare on one scale
+    assert np.ptp(panels[1][1]) < 0.01 and np.ptp(panels[2][1]) > 0.9  # the flat head stays flat
