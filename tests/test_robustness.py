@@ -3,7 +3,6 @@ splits with no readable image, what a user is told about skipped images, the REA
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import subprocess
