@@ -13,8 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import zoo
+from zoo.checkpoint import load_checkpoint
 from zoo.train import register_model_configs
-from zoo.train.evaluate import model_from_checkpoint, predict, write_report, write_viz
+from zoo.train.evaluate import predict, write_report, write_viz
 
 register_model_configs()
 
@@ -23,14 +24,13 @@ def evaluate(cfg: DictConfig) -> dict:
     """Run the evaluation described by ``cfg``; returns the metrics (also in metrics.json)."""
     meta = None
     if cfg.ckpt_path:
-        model, meta = model_from_checkpoint(cfg.ckpt_path, use_ema=cfg.use_ema)
-        overrides = dict(meta["data_config"])  # evaluate with the preprocessing it was trained with
+        model, meta = load_checkpoint(cfg.ckpt_path, use_ema=cfg.use_ema)
+        data_config = meta["data_config"]  # evaluate with the preprocessing it was trained with
     elif cfg.pretrained:
-        overrides = {}
+        data_config = zoo.resolve_pretrained_cfg(cfg.model.name, cfg.pretrained)  # the weights' preprocessing
     else:
         raise ValueError("Give ckpt_path=<train.py checkpoint> or model=<name> pretrained=<weights>.")
-    datamodule = instantiate(cfg.data, val_split=cfg.split, model_name=meta["model_name"] if meta else cfg.model.name,
-                             pretrained=cfg.pretrained, **overrides)
+    datamodule = instantiate(cfg.data, val_split=cfg.split, data_config=data_config)
     datamodule.prepare_data()
     datamodule.setup("validate")
     if meta is None:

@@ -8,6 +8,7 @@ import torch.nn as nn
 import zoo
 from zoo.bench import COLUMNS, NO_TWIN, BenchCase, Impl, run_bench, twins_for, write_outputs
 from zoo.bench.__main__ import main as bench_main
+from zoo.bench.harness import cases_from_registry
 from zoo.bench.table import END, START, bench_lookup, build_table, model_stats, rewrite_readme
 
 
@@ -104,8 +105,10 @@ def test_outputs_written(clock, tmp_path):
 @pytest.mark.parametrize("flags", [{"compile": True}, {"freeze": True}, {"channels_last": True}])
 def test_compile_freeze_and_channels_last_run_through_the_harness(flags):
     """The compiled, frozen and channels-last paths run inference and a training step, real clock."""
-    plain = lambda size: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                       nn.Flatten(), nn.Linear(4, 5))
+    def plain(size):
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(4, 5))
+
     case = BenchCase("tiny", Impl("zoo", "zoo:tiny", plain), [Impl("ref", "ref:tiny", plain)], img_size=8)
     rows = run_bench([case], batch=2, repeats=2, warmup=2, modes=("infer", "train"), ceilings={"fp32": 100.0},
                      log=lambda msg: None, **flags)
@@ -166,7 +169,6 @@ def test_table_lists_exactly_the_registry(tmp_path):
         rewrite_readme(readme, table)
 
 
-@pytest.mark.skipif("resnet18" not in zoo.list_models(), reason="resnet not registered")
 def test_model_stats_real_model():
     s = model_stats("resnet18")
     assert s["img_size"] == 224
@@ -182,3 +184,18 @@ def test_table_top1_comes_from_the_default_catalog_entry():
     table = build_table(["swin_t", "nl_resnet50"], stats_fn=lambda n: {"params": 1e6, "macs": 1e9, "img_size": 224})
     assert "| `swin_t` | 1.0 | 1.00 | 224 | 81.5 (tv_in1k) |" in table
     assert "| `nl_resnet50` | 1.0 | 1.00 | 224 | - |" in table
+
+
+def test_compare_plain_times_the_plain_zoo_model_beside_the_fast_one():
+    """--compare-plain adds the plain zoo model; the zoo row is still compared with the other
+    libraries only, and the plain row's ratio is accelerated / plain."""
+    cases = cases_from_registry("resnet18", compare_plain=True)
+    impls = [cases[0].impl, *cases[0].twins]
+    assert [i.library for i in impls][:2] == ["zoo", "zoo-plain"]
+    fast, plain = impls[0].factory(32), impls[1].factory(32)
+    assert zoo.accel.techniques_applied(fast) and not zoo.accel.techniques_applied(plain)
+    assert not zoo.accel.techniques_applied(cases_from_registry("resnet18", fast=False)[0].impl.factory(32))
+    rows = run_bench(cases, batch=2, img_size=32, repeats=1, warmup=1, ceilings={"fp32": 100.0}, log=lambda m: None)
+    by = {r["library"]: r for r in rows}
+    assert by["zoo"]["vs"] == "torchvision:resnet18" and by["zoo-plain"]["vs"] == "zoo:resnet18"
+    assert by["zoo-plain"]["ratio"] > 0

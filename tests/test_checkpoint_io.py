@@ -97,3 +97,110 @@ def test_first_conv_adapted_to_in_chans(in_chans):
     ref = nn.functional.conv2d(x.expand(-1, 3, -1, -1), src.conv.weight)
     got = nn.functional.conv2d(x.expand(-1, in_chans, -1, -1), dst.conv.weight)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+# --- the one reader of train.py checkpoints (zoo.checkpoint): eval.py, zoo.viz and resume ------
+def _train_ckpt(path, *, ema: bool = True, name: str = "resnet18", num_classes: int = 4):
+    """A checkpoint shaped like train.py's: ``model.`` keys, a ``zoo`` entry, EMA under ``module.``."""
+    import zoo
+
+    torch.manual_seed(0)
+    model, avg = zoo.create(name, num_classes=num_classes).eval(), zoo.create(name, num_classes=num_classes).eval()
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "zoo": {"model_name": name, "num_classes": num_classes, "class_names": list("abcd")[:num_classes],
+                    "data_config": {"img_size": 32}, "model_kwargs": {}}}
+    if ema:
+        ckpt["ema_state_dict"] = {f"module.{k}": v for k, v in avg.state_dict().items()}
+    torch.save(ckpt, path)
+    return model, avg
+
+
+def test_eval_and_viz_read_checkpoints_alike_ema_included(tmp_path):
+    from zoo.checkpoint import load_checkpoint, read_checkpoint
+    from zoo.train.evaluate import model_from_checkpoint
+    from zoo.viz.load import load_model
+
+    model, avg = _train_ckpt(tmp_path / "last.ckpt")
+    x = torch.randn(1, 3, 32, 32)
+    for use_ema, want in ((False, model), (True, avg)):
+        with torch.no_grad():
+            ref = want(x)
+            got = [load_checkpoint(tmp_path / "last.ckpt", use_ema=use_ema)[0](x),
+                   model_from_checkpoint(str(tmp_path / "last.ckpt"), use_ema=use_ema)[0](x),
+                   load_model(ckpt_path=tmp_path / "last.ckpt", ema=use_ema)[0](x)]
+        assert all(torch.equal(g, ref) for g in got)
+    meta = read_checkpoint(tmp_path / "last.ckpt").meta
+    assert meta["class_names"] == list("abcd") and meta["data_config"] == {"img_size": 32}
+
+    _train_ckpt(tmp_path / "noema.ckpt", ema=False)  # EMA asked of a run that kept none: the same error everywhere
+    for call in (lambda p: load_checkpoint(p, use_ema=True), lambda p: load_model(ckpt_path=p, ema=True)):
+        with pytest.raises(ValueError, match=r"noema\.ckpt has no EMA weights .*module\.ema=null"):
+            call(tmp_path / "noema.ckpt")
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "plain_weights", "safetensors", "not_torch"])
+def test_unusable_checkpoint_names_the_file_and_what_to_do(tmp_path, kind):
+    from zoo.checkpoint import read_checkpoint
+    from zoo.viz.load import load_model
+
+    path = tmp_path / "last.ckpt"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        _train_ckpt(path)
+        path.write_bytes(path.read_bytes()[:5000])
+    elif kind == "plain_weights":
+        torch.save(Net().state_dict(), path)
+    elif kind == "safetensors":
+        save_file({k: v.contiguous() for k, v in Net().state_dict().items()}, str(path))
+    elif kind == "not_torch":
+        path.write_text("epoch: 3\n")
+    want = {"missing": "does not exist.*checkpoints/", "empty": "empty \\(0 bytes\\).*another checkpoint",
+            "truncated": "truncated.*another checkpoint", "plain_weights": "not a zoo train.py checkpoint.*pretrained=",
+            "safetensors": "safetensors weights file.*pretrained=", "not_torch": "not a torch file"}[kind]
+    error = FileNotFoundError if kind == "missing" else ValueError
+    for read in (read_checkpoint, lambda p: load_model(ckpt_path=p)):
+        with pytest.raises(error, match=want) as e:
+            read(path)
+        assert str(path) in str(e.value) and type(e.value) in (FileNotFoundError, __import__("zoo").checkpoint.CheckpointError)
+
+
+def test_resume_check_and_retrofitted_checkpoint(tmp_path):
+    """The resume check names both models; a run started by retrofit (gate wrappers) reloads as is."""
+    import zoo
+    from zoo.checkpoint import CheckpointError, check_matches, load_checkpoint, read_checkpoint
+
+    _train_ckpt(tmp_path / "last.ckpt")
+    meta = read_checkpoint(tmp_path / "last.ckpt").meta
+    check_matches(meta, model_name="resnet18", num_classes=4)
+    with pytest.raises(CheckpointError, match="'resnet18' .*builds 'cbam_resnet18'"):
+        check_matches(meta, model_name="cbam_resnet18", num_classes=4)
+
+    plain = tmp_path / "plain.pth"
+    torch.save(zoo.create("resnet18", num_classes=3).state_dict(), plain)
+    with pytest.warns(UserWarning, match="retrofitted"):
+        model = zoo.create("se_resnet18", pretrained=str(plain), num_classes=3).eval()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "zoo": {"model_name": "se_resnet18", "num_classes": 3}}, tmp_path / "retro.ckpt")
+    again, meta = load_checkpoint(tmp_path / "retro.ckpt")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+    assert meta["class_names"] is None and meta["model_kwargs"] == {}
+
+
+def test_resume_without_ema_restarts_it_from_the_trained_weights(tmp_path):
+    from timm.utils import ModelEmaV3
+
+    from zoo.checkpoint import read_checkpoint, restore_ema
+
+    model, avg = _train_ckpt(tmp_path / "ema.ckpt")
+    _train_ckpt(tmp_path / "noema.ckpt", ema=False)
+    import zoo
+
+    ema = ModelEmaV3(zoo.create("resnet18", num_classes=4))
+    restore_ema(ema, read_checkpoint(tmp_path / "ema.ckpt").raw)
+    assert torch.equal(ema.module.fc.weight, avg.fc.weight)
+    with pytest.warns(UserWarning, match="no EMA weights.*restarts"):
+        restore_ema(ema, read_checkpoint(tmp_path / "noema.ckpt").raw)
+    assert torch.equal(ema.module.fc.weight, model.fc.weight)

@@ -19,8 +19,8 @@ from zoo.data import (
     check_splits,
     collate_skip,
     ensure_embedded,
-    read_boxes,
     eval_transform,
+    read_boxes,
     resolve_data_config,
     train_transform,
 )
@@ -140,10 +140,12 @@ def test_transforms_shapes_and_crop_pct():
 
 def test_resolve_data_config_falls_back_to_config():
     cfg = dict(img_size=64, mean=[0.1, 0.2, 0.3], std=[1, 1, 1], interpolation="bicubic", crop_pct=0.9)
-    out = resolve_data_config("resnet18", cfg, pretrained="nothing-catalogued")
+    out = resolve_data_config(cfg, None)
     assert out == {**cfg, "mean": (0.1, 0.2, 0.3), "std": (1.0, 1.0, 1.0)}
-    with pytest.raises(ValueError, match="interpolation"):
-        resolve_data_config(None, {**cfg, "interpolation": "fancy"})
+    with pytest.raises(ValueError, match="interpolation must be one of .*bicubic"):
+        resolve_data_config({**cfg, "interpolation": "fancy"})
+    with pytest.raises(ValueError, match="crop_pct"):
+        resolve_data_config(cfg, {"crop_pct": 1.5})
 
 
 def test_epoch_sampler_is_seeded_per_epoch_and_shards_disjointly():
@@ -187,14 +189,38 @@ def test_datamodule_digits(tmp_path):
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def test_data_config_comes_from_the_pretrained_entry():
+def test_data_config_comes_from_the_model_not_the_catalog():
+    """The data layer takes the preprocessing the builder resolved (model.pretrained_cfg, or
+    zoo.resolve_pretrained_cfg before the model exists) and never reads the weight catalog itself."""
+    import ast
+
+    import zoo
     from zoo.data.transforms import resolve_data_config
 
+    for path in (Path(zoo.__file__).parent / "data").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        mods = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        mods += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in mods if "weights" in m or "builder" in m], (path.name, mods)
+
     cfg = dict(img_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear", crop_pct=1.0)
-    assert resolve_data_config("swin_t", cfg, None)["img_size"] == 32
-    assert resolve_data_config("swin_t", cfg, "/not/catalogued.pth") == resolve_data_config("swin_t", cfg, None)
-    got = resolve_data_config("swin_t", cfg, True)  # default tag: torchvision's
+    assert resolve_data_config(cfg, None)["img_size"] == 32
+    assert zoo.resolve_pretrained_cfg("swin_t", False) is None
+    got = resolve_data_config(cfg, zoo.resolve_pretrained_cfg("swin_t", True))  # default tag: torchvision's
     assert (got["img_size"], got["interpolation"], got["crop_pct"]) == (224, "bicubic", 0.9655)
-    assert resolve_data_config("swin_t", cfg, "ms_in1k")["crop_pct"] == 0.9
+    assert resolve_data_config(cfg, zoo.resolve_pretrained_cfg("swin_t", "ms_in1k"))["crop_pct"] == 0.9
     # Retrofit: an attention ResNet started from a plain ResNet takes the backbone weights' preprocessing.
-    assert resolve_data_config("cbam_resnet50", cfg, "resnet50.tv2_in1k")["interpolation"] == "bilinear"
+    pre = zoo.resolve_pretrained_cfg("cbam_resnet50", "resnet50.tv2_in1k")
+    assert resolve_data_config(cfg, pre)["interpolation"] == "bilinear"
+    # The model built with those weights carries the same preprocessing (resolved once, in the builder).
+    with torch.device("meta"):
+        model = zoo.create("swin_v2_t", window_size=16)
+    assert model.pretrained_cfg["input_size"] == (3, 256, 256)
+    assert resolve_data_config(cfg, model.pretrained_cfg)["img_size"] == 256
+    dm = ImageFolderDataModule(embedded="digits", **cfg, data_config=model.pretrained_cfg)
+    assert dm.data_config == {"img_size": 256, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+                              "interpolation": "bicubic", "crop_pct": 0.875}
+    with pytest.raises(ValueError, match="not square"):
+        resolve_data_config(cfg, {"input_size": (3, 224, 192)})
+    with pytest.raises(ValueError, match="swin_tt"):  # a misspelt model name is caught before any data work
+        zoo.resolve_pretrained_cfg("swin_tt", True)

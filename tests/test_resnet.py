@@ -11,7 +11,7 @@ import torchvision
 from safetensors.torch import save_file
 
 import zoo
-from zoo.models.resnet import NL_AFTER, ResNet
+from zoo.models.resnet import ResNet
 from zoo.weights.loading import CheckpointMismatchError
 
 
@@ -203,9 +203,19 @@ def test_residual_attention_placement():
     ("nl_resnet18", {"layer2.1", "layer3.1"}),
 ])
 def test_nonlocal_placement(name, where):
-    model = zoo.create(name)
-    assert {n.rsplit(".", 1)[0] for n, m in model.named_modules() if n.endswith("post_attn")} == where
-    assert NL_AFTER == {2: (1, 3), 3: (1, 3, 5)}
+    """The paper's "5-block" setting (zoo/models/resnet.py docstring): non-local blocks after every other
+    block of res3/res4 (layer2: 1, 3; layer3: 1, 3, 5), two for ResNet-18; each runs once per forward
+    on its block's output after the final ReLU."""
+    model = zoo.create(name, num_classes=0).eval()
+    posts = {n.rsplit(".", 1)[0]: m for n, m in model.named_modules() if n.endswith("post_attn")}
+    assert set(posts) == where and all(isinstance(m, zoo.get_block("nl")) for m in posts.values())
+    seen = []
+    for block, m in posts.items():
+        m.register_forward_hook(lambda mod, args, out, block=block: seen.append((block, float(args[0].min()))))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    in_order = sorted(where, key=lambda b: tuple(int(i) for i in b.removeprefix("layer").split(".")))
+    assert [b for b, _ in seen] == in_order and all(low >= 0 for _, low in seen)
 
 
 def test_nonlocal_starts_as_identity():

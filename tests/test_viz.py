@@ -9,8 +9,6 @@ import zoo
 from zoo.viz import attention_rollout, capture_attention, window_partition_map, window_stitch_map
 from zoo.viz.inbox import score_maps
 
-swin = pytest.importorskip("zoo.models.swin")
-
 TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3)
 TINY_SWIN = dict(embed_dim=24, depths=(2, 2), num_heads=(2, 4), window_size=4)
 

@@ -5,8 +5,8 @@
 >>> zoo.list_models("swin*")
 """
 from . import accel, blocks, models  # noqa: F401  (importing blocks and models fills the registries)
+from .builder import create, resolve_pretrained_cfg
 from .registry import (
-    create,
     create_block,
     get_block,
     list_blocks,
@@ -30,4 +30,5 @@ __all__ = [
     "pretrained_cfg",
     "register_block",
     "register_model",
+    "resolve_pretrained_cfg",
 ]

@@ -1,8 +1,11 @@
-"""Model and block registries: two dicts filled by decorators.
+"""Model and block registries: two dicts filled by decorators, names -> entry points and block classes.
 
 Registering a taken name raises; an unknown name raises a ``ValueError`` that suggests the
 closest registered names. Entry points never swallow keyword arguments, so a misspelt one
 surfaces as a ``TypeError`` naming it.
+
+This module imports no model and no weights code: building a model (weights, pretrained config)
+is :mod:`zoo.builder`'s job, which sits above both the registry and :mod:`zoo.weights`.
 """
 from __future__ import annotations
 
@@ -21,7 +24,6 @@ __all__ = [
     "list_blocks",
     "get_model_entry",
     "get_block",
-    "create",
     "create_block",
 ]
 
@@ -114,55 +116,3 @@ def create_block(name: str, channels: int, **kwargs) -> nn.Module:
     """Build the attention block ``name`` for ``channels`` channels: NCHW in, same shape out."""
     return get_block(name)(channels, **kwargs)
 
-
-def create(
-    name: str,
-    *,
-    pretrained: bool | str = False,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    fast: bool = True,
-    **kwargs,
-) -> nn.Module:
-    """Build a registered model.
-
-    Args:
-        name: a name from :func:`list_models`.
-        pretrained: False; True for the default catalog tag (``zoo.list_pretrained(name)``); a tag
-            (``"tv2_in1k"``) or catalog key (``"resnet50.tv2_in1k"``, also of the plain backbone of an
-            attention variant: its blocks are retrofitted as the identity); a URL; or a local
-            ``.pth``/``.pt``/``.bin``/``.safetensors`` path in torchvision, timm, official or zoo layout.
-            Downloads are cached and hash-checked (zoo.weights.download).
-        num_classes: classifier outputs; 0 gives pooled features from ``forward``.
-        in_chans: input image channels.
-        fast: apply ``zoo.accel`` (cached low-precision weights, fused linears, channels-last
-            CNNs, Swin's mask cache and CPU training attention); False gives the plain model, as
-            ``zoo.accel.undo(model)`` does later.
-        **kwargs: architecture overrides for the entry point; unknown ones raise ``TypeError``.
-            ``features_only=True`` (with ``out_indices``, default timm's) returns the model wrapped
-            by :func:`zoo.models.features.features_only`: ``forward`` gives a list of NCHW maps.
-
-    Returns:
-        The model, in train mode as ``nn.Module`` constructors leave it.
-    """
-    features, out_indices = kwargs.pop("features_only", False), kwargs.pop("out_indices", None)
-    if out_indices is not None and not features:
-        raise TypeError("out_indices selects feature maps; pass features_only=True with it.")
-    entry = get_model_entry(name)
-    if pretrained:
-        from .weights import load_pretrained, pretrained_kwargs
-
-        kwargs = pretrained_kwargs(name, pretrained, kwargs)
-    model = entry.fn(num_classes=num_classes, in_chans=in_chans, **kwargs)
-    if pretrained:
-        # What was loaded, re-initialised, adapted or retrofitted, and the catalog entry used.
-        model.load_report = load_pretrained(model, pretrained, filter_fn=entry.filter_fn, model_name=name)
-    if fast:
-        from . import accel
-
-        accel.apply(model)
-    if features:
-        from .models.features import features_only
-
-        model = features_only(model, out_indices)
-    return model

@@ -38,6 +38,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--freeze", action="store_true",
                    help="--compile with inductor freezing for inference (weights as constants; CPU inference advice)")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--no-fast", action="store_true",
+                   help="build the zoo models plain (zoo.create(..., fast=False)): no zoo.accel speedups")
+    p.add_argument("--compare-plain", action="store_true",
+                   help="also time each zoo model plain; its row's ratio is accelerated / plain (what zoo.accel buys)")
     p.add_argument("--repeats", type=int, default=5, help="timed interleaved rounds (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
     p.add_argument("--iters", type=int, default=1, help="steps per model per round")
@@ -49,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cases = cases_from_registry(args.models)
+    cases = cases_from_registry(args.models, fast=not args.no_fast, compare_plain=args.compare_plain)
     if args.list:
         for c in cases:
             print(f"{c.name} ({c.img_size}px): {', '.join(t.name for t in c.twins) or 'no twin'}")

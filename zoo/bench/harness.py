@@ -22,7 +22,7 @@ import torch.nn as nn
 from ..flops import count_macs
 from ..registry import list_models
 from .measure import make_step, matmul_ceiling_gflops, paired_ratio, peak_step_memory_mb, time_interleaved
-from .twins import Impl, native_img_size, twins_for, zoo_impl
+from .twins import PLAIN_LIBRARY, Impl, native_img_size, twins_for, zoo_impl, zoo_plain_impl
 
 __all__ = ["COLUMNS", "NO_TWIN", "BenchCase", "cases_from_registry", "run_bench"]
 
@@ -51,12 +51,19 @@ class BenchCase:
     img_size: int = 224
 
 
-def cases_from_registry(pattern: str) -> list[BenchCase]:
-    """Cases for the registered models matching ``pattern`` (comma-separated fnmatch patterns)."""
+def cases_from_registry(pattern: str, *, fast: bool = True, compare_plain: bool = False) -> list[BenchCase]:
+    """Cases for the registered models matching ``pattern`` (comma-separated fnmatch patterns).
+
+    Args:
+        fast: build the zoo models with ``zoo.accel`` (``zoo.create``'s default); False: plain.
+        compare_plain: also time the plain zoo model (library ``"zoo-plain"``); its row's ratio
+            is accelerated / plain, what ``zoo.accel`` buys.
+    """
     names = list_models(pattern)
     if not names:
         raise ValueError(f"No registered model matches {pattern!r}; see zoo.list_models().")
-    return [BenchCase(n, zoo_impl(n), twins_for(n), native_img_size(n)) for n in names]
+    return [BenchCase(n, zoo_impl(n, fast), ([zoo_plain_impl(n)] if compare_plain and fast else []) + twins_for(n),
+                      native_img_size(n)) for n in names]
 
 
 def _params(model: nn.Module) -> int:
@@ -135,7 +142,9 @@ def run_bench(
                 times = time_interleaved(steps, device=dev, repeats=repeats, iters=iters, timer=timer)
                 flops_per_img = {"infer": 2, "train": 6}[mode]
                 med = [statistics.median(t) for t in times]
-                fastest = max(range(1, len(impls)), key=lambda j: batch / med[j], default=None)
+                # The zoo row is compared with the fastest other library, never with its own plain form.
+                others = [j for j in range(1, len(impls)) if impls[j].library != PLAIN_LIBRARY]
+                fastest = max(others, key=lambda j: batch / med[j], default=None)
                 for j, impl in enumerate(impls):
                     img_s = batch / med[j]
                     gflop_s = flops_per_img * macs[impl.name] * img_s / 1e9

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
+from ..builder import create
 from ..flops import count_macs
-from ..registry import create, list_models
+from ..registry import list_models
 from .harness import NO_TWIN
 from .report import read_csv
 from .twins import native_img_size

@@ -13,7 +13,7 @@ from functools import partial
 
 import torch.nn as nn
 
-__all__ = ["Impl", "twins_for", "native_img_size", "zoo_impl"]
+__all__ = ["Impl", "twins_for", "native_img_size", "zoo_impl", "zoo_plain_impl", "PLAIN_LIBRARY"]
 
 
 @dataclass(frozen=True)
@@ -46,20 +46,28 @@ def native_img_size(name: str, model: nn.Module | None = None) -> int:
     return next(s for pat, s in _NATIVE_SIZES if fnmatch.fnmatchcase(name, pat))
 
 
-def _build_zoo(name: str, img_size: int) -> nn.Module:
-    from ..registry import create
+def _build_zoo(name: str, img_size: int, fast: bool = True) -> nn.Module:
+    from ..builder import create
 
     if img_size == native_img_size(name):
-        return create(name)
+        return create(name, fast=fast)
     try:
-        return create(name, img_size=img_size)
+        return create(name, img_size=img_size, fast=fast)
     except TypeError:  # the model takes any input size
-        return create(name)
+        return create(name, fast=fast)
 
 
-def zoo_impl(name: str) -> Impl:
-    """The zoo model ``name`` as an :class:`Impl`."""
-    return Impl("zoo", f"zoo:{name}", partial(_build_zoo, name))
+def zoo_impl(name: str, fast: bool = True) -> Impl:
+    """The zoo model ``name`` as an :class:`Impl`; ``fast=False``: the plain model (no ``zoo.accel``)."""
+    return Impl("zoo", f"zoo:{name}" + ("" if fast else "(plain)"), partial(_build_zoo, name, fast=fast))
+
+
+def zoo_plain_impl(name: str) -> Impl:
+    """The plain zoo model as a reference row next to the accelerated one (``--compare-plain``)."""
+    return Impl(PLAIN_LIBRARY, f"zoo:{name}(plain)", partial(_build_zoo, name, fast=False))
+
+
+PLAIN_LIBRARY = "zoo-plain"
 
 
 def _build_tv(name: str, img_size: int) -> nn.Module:

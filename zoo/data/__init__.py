@@ -3,8 +3,8 @@ from .datamodule import ImageFolderDataModule, check_splits
 from .embedded import cache_dir, ensure_embedded, read_boxes
 from .folder import EpochSampler, ImageFolder, ResumableLoader, collate_skip, find_classes
 from .transforms import (
+    data_config_from,
     eval_transform,
-    pretrained_data_config,
     rand_augment,
     resolve_data_config,
     train_transform,
@@ -21,8 +21,8 @@ __all__ = [
     "ResumableLoader",
     "collate_skip",
     "find_classes",
+    "data_config_from",
     "eval_transform",
-    "pretrained_data_config",
     "rand_augment",
     "resolve_data_config",
     "train_transform",

@@ -40,15 +40,16 @@ class ImageFolderDataModule(L.LightningDataModule):
     Args:
         root: dataset folder; None with ``embedded`` set uses the cache.
         embedded: a key of ``zoo.data.embedded.EMBEDDED`` or None.
-        img_size, mean, std, interpolation, crop_pct: preprocessing defaults, overridden by the
-            model's pretrained entry when one is catalogued (:func:`resolve_data_config`).
+        img_size, mean, std, interpolation, crop_pct: preprocessing, where ``data_config`` has none.
         batch_size: per process.
         num_workers: loader processes (0 decodes in the training process).
         train_aug: keyword arguments of :func:`zoo.data.transforms.train_transform`.
         seed: base seed of the per-epoch shuffle.
+        data_config: the preprocessing the model's weights expect, overriding the settings above:
+            ``model.pretrained_cfg``, :func:`zoo.resolve_pretrained_cfg` (when the datamodule is built
+            before the model), or a checkpoint's saved data config. None: the settings above.
         max_image_pixels: images with more pixels (width x height) are skipped unread and counted,
             like an undecodable file; None for no limit.
-        model_name, pretrained: used to look up the pretrained preprocessing.
     """
 
     def __init__(
@@ -69,8 +70,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         train_split: str = "train",
         val_split: str = "val",
         seed: int = 0,
-        model_name: str | None = None,
-        pretrained: str | None = None,
+        data_config: Mapping | None = None,
         max_image_pixels: int | None = MAX_PIXELS,
     ):
         super().__init__()
@@ -78,9 +78,8 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise ValueError(f"Give data.root (an ImageFolder tree) or data.embedded ({', '.join(EMBEDDED)}).")
         self.root, self.embedded = root, embedded
         self.data_config = resolve_data_config(
-            model_name,
             dict(img_size=img_size, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct),
-            pretrained,
+            data_config,
         )
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory

@@ -12,37 +12,40 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
-__all__ = ["resolve_data_config", "pretrained_data_config", "train_transform", "eval_transform", "rand_augment"]
+__all__ = ["resolve_data_config", "data_config_from", "train_transform", "eval_transform", "rand_augment"]
 
 INTERPOLATION = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC,
                  "area": cv2.INTER_AREA, "lanczos": cv2.INTER_LANCZOS4}
 _KEYS = ("img_size", "mean", "std", "interpolation", "crop_pct")
 
 
-def pretrained_data_config(model_name: str | None, pretrained: str | bool | None = None) -> dict | None:
-    """Preprocessing that a catalogued pretrained weight was trained with, or None.
+def data_config_from(cfg: Mapping) -> dict:
+    """The preprocessing keys (``img_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct``) found in
+    ``cfg``: a model's ``pretrained_cfg`` (``input_size`` ``(C, H, W)`` becomes ``img_size``) or a data
+    config saved in a checkpoint. Other keys are ignored; missing ones are left out."""
+    out = {k: cfg[k] for k in _KEYS if k in cfg and cfg[k] is not None}
+    if "img_size" not in out and cfg.get("input_size") is not None:
+        h, w = tuple(cfg["input_size"])[-2:]
+        if h != w:
+            raise ValueError(f"input_size {tuple(cfg['input_size'])} is not square; the pipelines crop squares. "
+                             "Pass img_size explicitly.")
+        out["img_size"] = int(h)
+    return out
 
-    ``pretrained`` is what ``zoo.create`` takes: True (the architecture's default tag), a tag, an
-    ``arch.tag`` key or a catalogued URL. Local paths and unknown URLs have no entry: None.
-    """
-    from ..weights.catalog import entry_for
 
-    entry = entry_for(model_name, pretrained) if model_name else None
-    if entry is None:
-        return None
-    return {"img_size": entry.input_size[-1], "mean": entry.mean, "std": entry.std,
-            "interpolation": entry.interpolation, "crop_pct": entry.crop_pct}
-
-
-def resolve_data_config(model_name: str | None, cfg: Mapping, pretrained: str | None = None) -> dict:
-    """``img_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct``: the pretrained entry's, else ``cfg``'s."""
+def resolve_data_config(cfg: Mapping, data_config: Mapping | None = None) -> dict:
+    """``img_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct``: ``data_config``'s (the model's
+    pretrained preprocessing, see :func:`data_config_from`) where it has them, else ``cfg``'s."""
     out = {k: cfg[k] for k in _KEYS}
-    entry = pretrained_data_config(model_name, pretrained) if pretrained else None
-    if entry:
-        out.update({k: entry[k] for k in _KEYS if k in entry})
+    if data_config:
+        out.update(data_config_from(data_config))
     out["mean"], out["std"] = tuple(float(v) for v in out["mean"]), tuple(float(v) for v in out["std"])
     if out["interpolation"] not in INTERPOLATION:
         raise ValueError(f"interpolation must be one of {sorted(INTERPOLATION)}, got {out['interpolation']!r}.")
+    if not (isinstance(out["img_size"], int) and out["img_size"] > 0):
+        raise ValueError(f"img_size must be a positive int, got {out['img_size']!r}.")
+    if not (0 < float(out["crop_pct"]) <= 1):
+        raise ValueError(f"crop_pct must be in (0, 1], got {out['crop_pct']!r}.")
     return out
 
 

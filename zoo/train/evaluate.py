@@ -9,26 +9,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-import zoo
-
-from .utils import read_zoo_checkpoint
+from ..checkpoint import load_checkpoint
 
 __all__ = ["model_from_checkpoint", "predict", "write_report", "plot_confusion", "write_viz"]
 
 
 def model_from_checkpoint(path: str, *, use_ema: bool = False) -> tuple[nn.Module, dict]:
-    """Rebuild the model a train.py checkpoint holds; returns ``(model in eval mode, ckpt["zoo"] meta)``."""
-    ckpt = read_zoo_checkpoint(path)
-    meta = ckpt["zoo"]
-    model = zoo.create(meta["model_name"], num_classes=meta["num_classes"], **meta.get("model_kwargs", {}))
-    if use_ema:
-        if "ema_state_dict" not in ckpt:
-            raise ValueError(f"{path!r} has no EMA weights (trained with module.ema=null).")
-        sd = {k.removeprefix("module."): v for k, v in ckpt["ema_state_dict"].items()}
-    else:
-        sd = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(sd)
-    return model.eval(), meta
+    """Rebuild the model a train.py checkpoint holds: ``(model in eval mode, meta)`` (:func:`zoo.checkpoint.load_checkpoint`)."""
+    return load_checkpoint(path, use_ema=use_ema)
 
 
 @torch.inference_mode()

@@ -1,12 +1,13 @@
 """The one LightningModule: image classification with any registered zoo model.
 
-Loss (label smoothing, or timm Mixup/CutMix with soft targets), AdamW/SGD with weight decay off for
-the model's ``no_weight_decay()`` names and all 1-d parameters, per-step linear warm-up then cosine
-(or step) decay, an EMA of the weights evaluated next to the model, top-1/top-5 metrics, and a
-loud stop on a non-finite loss.
+Loss (label smoothing, or timm Mixup/CutMix with soft targets), any optimizer and scheduler given as
+configs (``_target_`` + ``_partial_``, instantiated here so checkpoints hold plain values) with weight
+decay off for the model's ``no_weight_decay()`` names and all 1-d parameters, an EMA of the weights
+evaluated next to the model, top-1/top-5 metrics, and a loud stop on a non-finite loss.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Mapping
@@ -18,50 +19,79 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 import zoo
+from zoo.checkpoint import check_matches, restore_ema, validate
 
-__all__ = ["ClassificationModule", "param_groups", "lr_lambda"]
+__all__ = ["ClassificationModule", "build_model", "param_groups"]
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: decayed weights, and (wd 0) 1-d params plus ``model.no_weight_decay()`` names."""
+def build_model(name: str, *, num_classes: int | None = None, kwargs: Mapping | None = None,
+                pretrained: bool | str | None = None) -> nn.Module:
+    """``zoo.create`` for a config node ``{_target_: zoo.train.build_model, name, num_classes, kwargs}``.
+
+    Architecture arguments sit under ``kwargs`` (``+model.kwargs.depth=6``) so they never collide
+    with the node's own keys; ``num_classes=None`` keeps the entry point's default.
+    """
+    extra = {} if num_classes is None else {"num_classes": num_classes}
+    return zoo.create(name, pretrained=pretrained or False, **extra, **dict(kwargs or {}))
+
+
+def param_groups(model: nn.Module, weight_decay: float | None = None) -> list[dict]:
+    """Two groups: decayed weights, and (wd 0) 1-d params plus ``model.no_weight_decay()`` names.
+
+    With ``weight_decay=None`` the first group takes the optimizer's own ``weight_decay`` setting.
+    """
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    first = {"params": decay} if weight_decay is None else {"params": decay, "weight_decay": weight_decay}
+    return [first, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_lambda(step: int, *, total: int, warmup: int, warmup_factor: float, min_factor: float,
-              name: str = "cosine", step_every: int = 0, gamma: float = 0.1) -> float:
-    """LR multiplier at optimizer step ``step``: linear warm-up, then cosine to ``min_factor`` or step decay."""
-    if step < warmup:
-        return warmup_factor + (1.0 - warmup_factor) * step / warmup
-    if name == "cosine":
-        t = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * t))
-    if name == "step":
-        return gamma ** ((step - warmup) // max(1, step_every))
-    if name == "constant":
-        return 1.0
-    raise ValueError(f"scheduler.name must be cosine, step or constant, got {name!r}.")
+def _plain(cfg):
+    """DictConfig / ListConfig -> dicts and lists (resolved): checkpoints must load with weights_only=True."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+
+
+def _partial(cfg: Mapping, what: str):
+    """Instantiate a ``_partial_: true`` config; a clear error when it is not one."""
+    from hydra.utils import instantiate
+
+    if not isinstance(cfg, Mapping) or "_target_" not in cfg or not cfg.get("_partial_"):
+        raise ValueError(f"module.{what} must be a config with _target_ and _partial_: true (the module passes "
+                         f"the {'parameter groups' if what == 'optimizer' else 'optimizer'} in), got {cfg!r}.")
+    return instantiate(cfg, _convert_="all")  # plain lists in the optimizer's state, not ListConfig
 
 
 class ClassificationModule(L.LightningModule):
-    """Train and validate ``zoo.create(model_name, ...)``.
+    """Train and validate the model a config node builds (``zoo.train.build_model`` by default).
+
+    The model, optimizer and scheduler arrive as configs (what Hydra's ``instantiate`` takes) and are
+    built here: the hyperparameters Lightning saves stay plain values, so a checkpoint loads with
+    ``weights_only=True``, records its recipe, and ``load_from_checkpoint`` needs no arguments.
 
     Args:
-        model_name: registered name (``zoo.list_models()``).
+        model: ``{_target_, name, kwargs, ...}``: called with ``num_classes`` and ``pretrained``; ``name``
+            (a ``zoo.list_models()`` name) and ``kwargs`` are recorded for eval.py and resume checks.
         num_classes: classifier outputs (the dataset's class count).
-        model_kwargs: architecture kwargs for the entry point.
-        pretrained: checkpoint path to initialise from, or None.
+        optimizer: a partial, e.g. ``{_target_: torch.optim.AdamW, _partial_: true, lr: 1e-3,
+            weight_decay: 0.05}``; any ``torch.optim`` or ``timm.optim`` class. It is called with two
+            parameter groups (see :func:`param_groups`).
+        scheduler: a partial called with the optimizer, plus ``total_steps`` / ``steps_per_epoch`` when
+            it takes them (:mod:`zoo.train.schedules`); any ``torch.optim.lr_scheduler`` class or timm
+            scheduler; None for a constant lr.
+        scheduler_interval: ``step`` or ``epoch``: when Lightning steps a torch scheduler. timm
+            schedulers are driven as timm's train loop does (``step_update`` every optimizer step,
+            ``step`` every epoch) and want ``step``.
+        lr_base_batch: scale every group's lr by global batch / ``lr_base_batch`` (linear scaling
+            rule, Goyal et al.); None: lr as given.
+        pretrained: checkpoint path (or catalog tag) to initialise the model from, or None.
         class_names: label order; saved into every checkpoint.
         data_config: preprocessing (img_size, mean, std, ...); saved for evaluation.
-        optimizer: ``{name: adamw|sgd, lr, weight_decay, betas | momentum, nesterov, lr_base_batch}``;
-            with ``lr_base_batch`` the lr is scaled by global batch / ``lr_base_batch``.
-        scheduler: ``{name: cosine|step|constant, warmup_epochs, warmup_lr_factor, min_lr_factor,
-            step_epochs, gamma}``.
         label_smoothing: for the hard-label loss (and Mixup's soft targets).
         mixup: timm ``Mixup`` kwargs (``mixup_alpha``, ``cutmix_alpha``, ``prob``, ...) or None.
         ema: ``{decay, ...}`` (timm ``ModelEmaV3`` kwargs) or None.
@@ -70,29 +100,41 @@ class ClassificationModule(L.LightningModule):
 
     def __init__(
         self,
-        model_name: str,
+        model: Mapping,
         num_classes: int,
         *,
-        model_kwargs: Mapping | None = None,
+        optimizer: Mapping,
+        scheduler: Mapping | None = None,
+        scheduler_interval: str = "step",
+        lr_base_batch: int | None = None,
         pretrained: str | None = None,
         class_names: list[str] | None = None,
         data_config: Mapping | None = None,
-        optimizer: Mapping | None = None,
-        scheduler: Mapping | None = None,
         label_smoothing: float = 0.1,
         mixup: Mapping | None = None,
         ema: Mapping | None = None,
         grad_checkpointing: bool = False,
     ):
         super().__init__()
+        # Plain containers before save_hyperparameters (it reads these locals): a pickled DictConfig
+        # would make every checkpoint unloadable with weights_only=True.
+        model, optimizer, scheduler = _plain(model), _plain(optimizer), _plain(scheduler)
+        data_config, mixup, ema, class_names = _plain(data_config), _plain(mixup), _plain(ema), _plain(class_names)
+        if not isinstance(model, Mapping) or "_target_" not in model or "name" not in model:
+            raise ValueError("model must be a config with _target_ and name, e.g. {'_target_': "
+                             f"'zoo.train.build_model', 'name': 'resnet18', 'kwargs': {{}}}}, got {model!r}.")
+        if scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}.")
+        _partial(optimizer, "optimizer")  # fail at construction, not at the first fit
+        if scheduler is not None:
+            _partial(scheduler, "scheduler")
         self.save_hyperparameters()
-        self.model = zoo.create(model_name, pretrained=pretrained or False, num_classes=num_classes,
-                                **dict(model_kwargs or {}))
+        from hydra.utils import instantiate
+
+        self.model = instantiate(model, num_classes=num_classes, pretrained=pretrained, _convert_="all")
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        self.opt_cfg = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, **dict(optimizer or {})}
-        self.sched_cfg = {"name": "cosine", "warmup_epochs": 0, **dict(scheduler or {})}
         self.mixup = None
         if mixup and (mixup.get("mixup_alpha", 0) > 0 or mixup.get("cutmix_alpha", 0) > 0):
             from timm.data import Mixup
@@ -172,6 +214,7 @@ class ClassificationModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._require_images("train")
+        self._step_timm_schedulers_per_epoch()
         self._report_skipped("train")
 
     def _count(self, split: str, batch: dict) -> None:
@@ -236,55 +279,51 @@ class ClassificationModule(L.LightningModule):
 
     # --- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self):
-        cfg = dict(self.opt_cfg)
-        name, lr, wd = cfg.pop("name"), float(cfg.pop("lr")), float(cfg.pop("weight_decay"))
-        base = cfg.pop("lr_base_batch", None)
-        if base:  # linear scaling rule (Goyal et al.): lr is quoted for a global batch of ``base``
-            dm = self.trainer.datamodule
-            lr *= dm.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches / base
-        groups = param_groups(self.model, wd)
-        if name == "adamw":
-            opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.pop("betas", (0.9, 0.999))), eps=cfg.pop("eps", 1e-8))
-        elif name == "sgd":
-            opt = torch.optim.SGD(groups, lr=lr, momentum=cfg.pop("momentum", 0.9), nesterov=cfg.pop("nesterov", False))
-        else:
-            raise ValueError(f"optimizer.name must be adamw or sgd, got {name!r}.")
-        for k in ("betas", "eps", "momentum", "nesterov"):
-            cfg.pop(k, None)
-        if cfg:
-            raise TypeError(f"Unknown optimizer options {sorted(cfg)}.")
-        s = self.sched_cfg
+        hp = self.hparams
+        opt = _partial(hp.optimizer, "optimizer")(param_groups(self.model))
+        if hp.lr_base_batch:  # linear scaling rule (Goyal et al.): lr is quoted for a global batch of lr_base_batch
+            t = self.trainer
+            scale = t.datamodule.batch_size * t.world_size * t.accumulate_grad_batches / hp.lr_base_batch
+            for group in opt.param_groups:  # before the scheduler records each group's initial lr
+                group["lr"] *= scale
+        if hp.scheduler is None:
+            return opt
+        make = _partial(hp.scheduler, "scheduler")
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_lambda(
-            step, total=total, warmup=int(s.get("warmup_epochs", 0) * per_epoch),
-            warmup_factor=s.get("warmup_lr_factor", 1e-3), min_factor=s.get("min_lr_factor", 1e-2),
-            name=s["name"], step_every=int(s.get("step_epochs", 30) * per_epoch), gamma=s.get("gamma", 0.1)))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        batches = self.trainer.num_training_batches
+        per_epoch = (math.ceil(batches / self.trainer.accumulate_grad_batches) if math.isfinite(batches)
+                     else total / max(1, self.trainer.max_epochs or 1))
+        takes = inspect.signature(make).parameters
+        given = {k: v for k, v in (("total_steps", total), ("steps_per_epoch", max(1, per_epoch))) if k in takes}
+        sched = make(opt, **given)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": hp.scheduler_interval}}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        if hasattr(scheduler, "step_update"):  # a timm scheduler: per optimizer step here, per epoch below
+            scheduler.step_update(num_updates=self.global_step, metric=metric)
+        else:
+            super().lr_scheduler_step(scheduler, metric)
+
+    def _step_timm_schedulers_per_epoch(self) -> None:
+        for config in self.trainer.lr_scheduler_configs:
+            if hasattr(config.scheduler, "step_update"):
+                config.scheduler.step(epoch=self.current_epoch + 1)
 
     # --- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         hp = self.hparams
-        checkpoint["zoo"] = {"model_name": hp.model_name, "num_classes": hp.num_classes,
+        checkpoint["zoo"] = {"model_name": hp.model["name"], "num_classes": hp.num_classes,
                              "class_names": self.class_names, "data_config": dict(hp.data_config or {}),
-                             "model_kwargs": dict(hp.model_kwargs or {})}
+                             "model_kwargs": dict(hp.model.get("kwargs") or {})}
         if self.ema is not None:
             checkpoint["ema_state_dict"] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._loader_states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
-        meta = checkpoint.get("zoo")
-        if meta is None:
-            raise ValueError("This checkpoint was not written by zoo's train.py (no 'zoo' entry); "
-                             "to initialise weights from it use pretrained=<path> instead of ckpt_path.")
+        # The one reader's checks (zoo.checkpoint): a foreign file or another model is a clear error.
+        meta = validate(checkpoint, "ckpt_path")
         hp = self.hparams
-        mine = (hp.model_name, hp.num_classes, dict(hp.model_kwargs or {}))
-        theirs = (meta["model_name"], meta["num_classes"], meta.get("model_kwargs", {}))
-        if mine != theirs:
-            raise ValueError(
-                f"Checkpoint is for model {theirs[0]!r} ({theirs[1]} classes, kwargs {theirs[2]}) but this run "
-                f"builds {mine[0]!r} ({mine[1]} classes, kwargs {mine[2]}). Use the same model= and data=, "
-                "or pass the file as pretrained= to fine-tune from it."
-            )
-        if self.ema is not None and "ema_state_dict" in checkpoint:
-            self.ema.load_state_dict(checkpoint["ema_state_dict"])
+        check_matches(meta, model_name=hp.model["name"], num_classes=hp.num_classes,
+                      model_kwargs=dict(hp.model.get("kwargs") or {}), source="ckpt_path")
+        if self.ema is not None:
+            restore_ema(self.ema, checkpoint, "ckpt_path")

@@ -54,12 +54,14 @@ def loop_speed(model: str = "cbam_resnet18", steps: int = 60, warmup: int = 10, 
     from zoo.train import ClassificationModule, resolve_precision
 
     precision = resolve_precision(precision, "cpu")
-    kw = dict(model_kwargs={"img_size": 32}, optimizer={"name": "adamw", "lr": 3e-3, "weight_decay": 0.05},
-              scheduler={"name": "cosine", "warmup_epochs": 1}, label_smoothing=0.1, ema={"decay": 0.998})
+    net_cfg = {"_target_": "zoo.train.build_model", "name": model, "kwargs": {"img_size": 32}}
+    kw = dict(optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 3e-3, "weight_decay": 0.05},
+              scheduler={"_target_": "zoo.train.schedules.warmup_cosine", "_partial_": True, "warmup_epochs": 1},
+              label_smoothing=0.1, ema={"decay": 0.998})
     # Lightning: the module and trainer settings train.py uses (no logger / progress bar / checkpoints).
     torch.manual_seed(0)
     dm = _datamodule(batch_size)
-    module = ClassificationModule(model, 10, **kw)
+    module = ClassificationModule(net_cfg, 10, **kw)
     clock = _Clock(warmup)
     trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, max_steps=steps, gradient_clip_val=1.0,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
@@ -69,14 +71,15 @@ def loop_speed(model: str = "cbam_resnet18", steps: int = 60, warmup: int = 10, 
 
     # Plain PyTorch: same model class, loader, optimizer groups, schedule and EMA.
     torch.manual_seed(0)
-    module = ClassificationModule(model, 10, **kw)
+    module = ClassificationModule(net_cfg, 10, **kw)
     net, ema = module.model, module.ema
-    from zoo.train.module import lr_lambda, param_groups
+    from zoo.train.module import param_groups
+    from zoo.train.schedules import warmup_cosine_factor
 
     opt = torch.optim.AdamW(param_groups(net, 0.05), lr=3e-3)
     per_epoch = len(dm.train_dataloader())
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, total=steps, warmup=per_epoch,
-                                                                       warmup_factor=1e-3, min_factor=1e-2))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine_factor(
+        s, total=steps, warmup=per_epoch, warmup_factor=1e-3, min_factor=1e-2))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     net.train()
     step, t0 = 0, None

@@ -1,4 +1,4 @@
-"""Helpers for the entry points: precision, model config nodes, checkpoint reading, seeds."""
+"""Helpers for the entry points: precision, model config nodes; checkpoints are read by zoo.checkpoint."""
 from __future__ import annotations
 
 import re
@@ -6,9 +6,12 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import read_checkpoint as read_zoo_checkpoint  # the one reader; name kept for train.py
+
 __all__ = ["resolve_precision", "bf16_fast", "register_model_configs", "model_family", "read_zoo_checkpoint"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+MODEL_TARGET = "zoo.train.build_model"  # what every model node instantiates
 
 
 def bf16_fast(accelerator: str = "auto") -> bool:
@@ -40,10 +43,13 @@ def model_family(name: str) -> str:
 
 
 def register_model_configs() -> list[str]:
-    """Store a node ``{name, kwargs}`` in Hydra's group ``model`` for every registered model.
+    """Store a node ``{_target_: zoo.train.build_model, name, num_classes, kwargs}`` in Hydra's group
+    ``model`` for every registered model.
 
-    So ``model=<any name>`` works without a yaml per model. A node inherits its family's settings
-    from ``configs/model/_family/<family>.yaml`` when that file exists. A hand-written
+    So ``model=<any name>`` works without a yaml per model; ``instantiate(cfg.model, num_classes=10)``
+    builds it, and architecture overrides go under ``kwargs`` (``+model.kwargs.depth=6``). A node
+    inherits its family's settings from ``configs/model/_family/<family>.yaml`` when that file
+    exists. A hand-written
     ``configs/model/<name>.yaml`` wins: no node is stored for its name (Hydra would otherwise merge
     the two as a "schema").
     """
@@ -58,16 +64,6 @@ def register_model_configs() -> list[str]:
             continue
         fam = model_family(name)
         defaults = [f"_family/{fam}@_here_"] if (CONFIG_DIR / "model" / "_family" / f"{fam}.yaml").is_file() else []
-        cs.store(group="model", name=name, node={"defaults": [*defaults, "_self_"], "name": name, "num_classes": None, "kwargs": {}})
+        cs.store(group="model", name=name, node={"defaults": [*defaults, "_self_"], "_target_": MODEL_TARGET,
+                                                   "name": name, "num_classes": None, "kwargs": {}})
     return names
-
-
-def read_zoo_checkpoint(path: str | Path) -> dict:
-    """Load a train.py checkpoint (weights only, no code execution) and check it is one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "zoo" not in ckpt:
-        raise ValueError(f"{str(path)!r} is not a zoo train.py checkpoint (no 'zoo' entry); use pretrained= for weights.")
-    return ckpt

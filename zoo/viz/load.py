@@ -1,7 +1,7 @@
 """Loading what ``zoo.viz`` draws: a model from a train.py checkpoint, images from files.
 
-Checkpoints are read with ``torch.load(weights_only=True)`` (no code runs); the ``zoo`` entry
-that train.py stores (model name, classes, kwargs, preprocessing) rebuilds the model.
+Checkpoints are read by :mod:`zoo.checkpoint` (the reader eval.py and resume use, no code runs);
+the ``zoo`` entry that train.py stores (model name, classes, kwargs, preprocessing) rebuilds the model.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..registry import create
-from ..weights.io import unwrap_state_dict
+from ..builder import create
+from ..checkpoint import load_checkpoint
 
 __all__ = ["IMAGE_EXTS", "DEFAULT_DATA", "load_model", "list_images", "load_images"]
 
@@ -39,28 +39,19 @@ def load_model(
         pretrained: instead of a checkpoint, anything ``zoo.create(pretrained=...)`` accepts.
         num_classes: classifier size without a checkpoint (default 1000).
         model_kwargs: architecture kwargs without a checkpoint.
-        ema: use the checkpoint's EMA weights (``ema_state_dict``) when it has them.
+        ema: use the checkpoint's EMA weights (an error when the run kept none).
 
     Returns:
         ``(model, info)``; ``info`` has ``name``, ``class_names`` (or None) and ``data_config``
         (the preprocessing the checkpoint was trained with, or {}).
 
     Raises:
-        ValueError: no model named, or ``model`` disagrees with the checkpoint.
+        ValueError: no model named, ``model`` disagrees with the checkpoint, or the checkpoint is
+            unusable (zoo.checkpoint.CheckpointError); FileNotFoundError: no such checkpoint.
     """
     if ckpt_path:
-        ckpt = torch.load(Path(ckpt_path), map_location="cpu", weights_only=True)
-        meta = ckpt.get("zoo") if isinstance(ckpt, dict) else None
-        if meta is None:
-            raise ValueError(f"{str(ckpt_path)!r} is not a zoo train.py checkpoint (no 'zoo' entry); "
-                             "pass it as pretrained= to load plain weights.")
-        if model and model != meta["model_name"]:
-            raise ValueError(f"model={model!r} but the checkpoint holds {meta['model_name']!r}; drop model= or match it.")
-        net = create(meta["model_name"], num_classes=meta["num_classes"], **dict(meta.get("model_kwargs") or {}))
-        source = {"state_dict": ckpt["ema_state_dict"]} if ema and "ema_state_dict" in ckpt else ckpt
-        net.load_state_dict(unwrap_state_dict(source, str(ckpt_path)), strict=True)
-        info = {"name": meta["model_name"], "class_names": meta.get("class_names"),
-                "data_config": dict(meta.get("data_config") or {})}
+        net, meta = load_checkpoint(ckpt_path, use_ema=ema, model_name=model)
+        info = {"name": meta["model_name"], "class_names": meta["class_names"], "data_config": meta["data_config"]}
     else:
         if not model:
             raise ValueError("Name a model (model=<name>) or give a checkpoint (ckpt_path=<file>).")

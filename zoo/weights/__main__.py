@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from .catalog import catalog, list_pretrained, pretrained_cfg
-from .download import DownloadError, cache_dir, cache_path, download, verify_cache
+from .download import DownloadError, cache_dir, cache_path, download, find_cached, verify_cache
 
 
 def _cmd_list(pattern: str) -> int:
@@ -21,7 +21,7 @@ def _cmd_list(pattern: str) -> int:
     for n in names:
         c = catalog()[n]
         top1 = f"{c.top1:.2f}" if c.top1 is not None else "-"
-        cached = "yes" if cache_path(c.url).is_file() else "-"
+        cached = "yes" if find_cached(c.url) is not None else "-"
         default = " (default)" if c.is_default else ""
         print(f"{n:<{width}}  {c.layout:<11} {top1:>6}  {c.input_size[1]:>3}x{c.input_size[2]:<3}  {cached}{default}")
     print(f"{len(names)} entries; cache {cache_dir()}", file=sys.stderr)
@@ -40,7 +40,8 @@ def _cmd_info(pattern: str) -> int:
         for k, v in c.to_dict().items():
             if k not in ("name",) and v is not None:
                 print(f"  {k}: {v}")
-        print(f"  cache_path: {cache_path(c.url)}{'' if cache_path(c.url).is_file() else ' (not downloaded)'}")
+        found = find_cached(c.url)
+        print(f"  cache_path: {found if found is not None else str(cache_path(c.url)) + ' (not downloaded)'}")
     return 0
 
 

@@ -11,6 +11,19 @@ Environment:
     ZOO_DOWNLOAD_RETRIES, ZOO_DOWNLOAD_TIMEOUT: attempts for transient failures (default 4) and the
         socket timeout in seconds (default 30).
 
+Caches users already have are used as they are, without a second download or a copy:
+
+* a Hugging Face hub file (``https://huggingface.co/<repo>/resolve/<rev>/<file>``, how timm's
+  weights are named) already in the hub cache (``HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
+  ``~/.cache/huggingface/hub``); one not there is fetched with ``huggingface_hub.hf_hub_download``
+  into that cache (``HF_ENDPOINT`` and tokens honoured, shared with timm), unless ZOO_MIRROR is set.
+  ``HF_HUB_OFFLINE=1`` keeps these off the network like ZOO_OFFLINE.
+* any other URL's file in torch.hub's cache (``torch.hub.get_dir()/checkpoints/<file name>``, i.e.
+  ``$TORCH_HOME/hub/checkpoints``), where torchvision and timm put what they download.
+
+Such files are hash-checked on every use like the zoo's own: against the catalog's digest, else the
+hub's LFS sha256 (the blob's name), else the digest recorded beside ``cache_path(url)`` at first use.
+
 Every download goes to a temporary file beside its destination and is renamed into place only when
 complete and verified, under an ``fcntl`` lock on ``<file>.lock``: several processes asking for the
 same file at once (DDP ranks) download it once, and nobody sees a half-written file.
@@ -42,6 +55,9 @@ __all__ = [
     "OfflineError",
     "cache_dir",
     "cache_path",
+    "find_cached",
+    "hf_cache_dir",
+    "torch_hub_dir",
     "mirror_url",
     "download",
     "sha256_file",
@@ -96,8 +112,77 @@ def mirror_url(url: str) -> str:
     return mirror.rstrip("/") + "/" + _url_relpath(url)
 
 
+def _flag(var: str) -> bool:
+    return os.environ.get(var, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def _offline() -> bool:
-    return os.environ.get("ZOO_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
+    return _flag("ZOO_OFFLINE")
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, read from the environment at each call as huggingface_hub does
+    at import: ``HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``$XDG_CACHE_HOME/huggingface/hub``."""
+    hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if hub:
+        return Path(hub).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(os.environ.get("HF_HOME") or os.path.join(xdg, "huggingface")).expanduser() / "hub"
+
+
+def torch_hub_dir() -> Path:
+    """torch.hub's folder: ``torch.hub.get_dir()`` (honours ``torch.hub.set_dir``) once torch is
+    imported, else the same rule from the environment (``$TORCH_HOME/hub``), keeping this module
+    importable without torch."""
+    if "torch" in sys.modules:
+        import torch.hub
+
+        return Path(torch.hub.get_dir())
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(os.environ.get("TORCH_HOME") or os.path.join(xdg, "torch")).expanduser() / "hub"
+
+
+def _hf_parts(url: str) -> tuple[str, str, str] | None:
+    """``(repo_id, revision, filename)`` of a ``https://huggingface.co/<ns>/<repo>/resolve/<rev>/<file>`` URL."""
+    u = urllib.parse.urlsplit(url)
+    if u.scheme != "https" or u.netloc != "huggingface.co" or u.query:
+        return None
+    m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", urllib.parse.unquote(u.path))
+    return (m.group(1), m.group(2), m.group(3)) if m else None
+
+
+def _hf_cached(url: str) -> Path | None:
+    parts = _hf_parts(url)
+    if parts is None:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - a timm dependency
+        return None
+    repo, rev, name = parts
+    found = try_to_load_from_cache(repo, name, cache_dir=str(hf_cache_dir()), revision=rev)
+    return Path(found) if isinstance(found, str) and os.path.isfile(found) else None
+
+
+def _torch_hub_path(url: str) -> Path | None:
+    # torch.hub.load_state_dict_from_url names the file by the URL path's last part, as here.
+    name = os.path.basename(urllib.parse.urlsplit(url).path)
+    return torch_hub_dir() / "checkpoints" / name if name and _hf_parts(url) is None else None
+
+
+def _shared_copy(url: str) -> Path | None:
+    """The file of ``url`` in the Hugging Face hub cache or torch.hub's cache, or None (no network)."""
+    hf = _hf_cached(url)
+    if hf is not None:
+        return hf
+    th = _torch_hub_path(url)
+    return th if th is not None and th.is_file() else None
+
+
+def find_cached(url: str) -> Path | None:
+    """Where ``url``'s file already is, without hashing it: zoo's cache, else a shared cache."""
+    own = cache_path(url)
+    return own if own.is_file() else _shared_copy(url)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -139,6 +224,29 @@ def verify_file(path: str | os.PathLike, sha256: str | None = None, url: str | N
                else ". The file is corrupt or was replaced: delete it and download again.")
         )
     return actual
+
+
+def _verify_shared(path: Path, url: str, sha256: str | None) -> Path:
+    """Hash-check a file found in (or just fetched into) another tool's cache; it is never deleted."""
+    expected, origin = sha256, "the catalog"
+    side = _sidecar(cache_path(url))
+    blob = Path(os.path.realpath(path)).name
+    if not expected and re.fullmatch(r"[0-9a-f]{64}", blob):  # hub blobs of LFS files are named by sha256
+        expected, origin = blob, "the Hugging Face hub (the file's LFS sha256)"
+    if not expected and side.is_file():
+        expected, origin = side.read_text().split()[0], f"{side} (recorded at first use)"
+    actual = sha256_file(path)
+    if expected and not actual.startswith(expected.lower()):
+        raise HashMismatchError(
+            f"{path}: sha256 {actual} does not match {expected} from {origin} (source {url}). The copy in that "
+            "shared cache is corrupt or another file of the same name: delete it and try again."
+        )
+    if not expected:
+        side.parent.mkdir(parents=True, exist_ok=True)
+        tmp = side.with_name(f"{side.name}.{os.getpid()}.tmp")
+        tmp.write_text(f"{actual}  {path}\n")
+        os.replace(tmp, side)
+    return path
 
 
 class _Transient(Exception):
@@ -230,18 +338,22 @@ def download(
 ) -> Path:
     """Return a verified local copy of ``url``, downloading it once into the cache if needed.
 
+    Looks in zoo's cache, then in the Hugging Face hub / torch.hub caches (see the module docstring);
+    a hub file not cached anywhere is fetched by ``huggingface_hub`` into the hub cache (unless
+    ZOO_MIRROR is set), any other into zoo's cache.
+
     Args:
         url: the publisher's URL (rewritten through ZOO_MIRROR when set).
         sha256: expected digest, full or a published prefix. Without one, the file's digest is
             recorded in ``<file>.sha256`` at first download and checked on every later call.
-        dest: file path to use instead of :func:`cache_path`.
+        dest: file path to use instead of :func:`cache_path` (the shared caches are then not used).
         progress: show a progress bar on stderr (when it is a terminal).
         retries: attempts for transient failures (default ``$ZOO_DOWNLOAD_RETRIES`` or 4).
         backoff: first wait in seconds between attempts, doubled each time.
         timeout: socket timeout in seconds (default ``$ZOO_DOWNLOAD_TIMEOUT`` or 30).
 
     Raises:
-        OfflineError: ZOO_OFFLINE is set and the file is not cached.
+        OfflineError: ZOO_OFFLINE (or, for a hub file, HF_HUB_OFFLINE) is set and the file is not cached.
         HashMismatchError: the downloaded (or cached) file has another digest; a fresh download is deleted.
         DownloadError: not found, proxy/TLS failure, or transient failures on every attempt.
     """
@@ -249,20 +361,71 @@ def download(
     if path.is_file():  # fast path, no lock needed: files only appear by atomic rename
         verify_file(path, sha256, url, remove=dest is None)
         return path
-    if _offline():
-        raise OfflineError(
-            f"ZOO_OFFLINE is set and {path.name} is not in the cache. Download {url} on a machine with "
-            f"network access and put it at {path}, or pass pretrained='<local path>'."
-        )
+    shared = _shared_copy(url) if dest is None else None
+    if shared is not None:  # already downloaded by timm / torchvision / huggingface_hub: use it in place
+        return _verify_shared(shared, url, sha256)
+    hf = _hf_parts(url) if dest is None else None
+    if _offline() or (hf and _flag("HF_HUB_OFFLINE")):
+        raise OfflineError(_offline_message(url, path, hf))
     retries = int(os.environ.get("ZOO_DOWNLOAD_RETRIES", 4)) if retries is None else retries
     timeout = float(os.environ.get("ZOO_DOWNLOAD_TIMEOUT", 30)) if timeout is None else timeout
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(path):
+    with _lock(path):  # one download across processes (DDP ranks), whoever does the transfer
         if path.is_file():  # another process finished it while we waited for the lock
             verify_file(path, sha256, url, remove=dest is None)
             return path
+        shared = _shared_copy(url) if dest is None else None
+        if shared is not None:
+            return _verify_shared(shared, url, sha256)
+        if hf and mirror_url(url) == url:
+            return _verify_shared(_hf_download(url, hf, progress=progress, timeout=timeout), url, sha256)
         _download_locked(url, path, sha256, progress=progress, retries=max(1, retries), backoff=backoff, timeout=timeout)
     return path
+
+
+def _offline_message(url: str, path: Path, hf: tuple[str, str, str] | None) -> str:
+    var = "ZOO_OFFLINE" if _offline() else "HF_HUB_OFFLINE"
+    if hf:
+        repo, rev, name = hf
+        other = f" or in the Hugging Face cache {hf_cache_dir()} (hf download {repo} {name} --revision {rev})"
+    else:
+        other = f" or at {_torch_hub_path(url)} (torch.hub's cache)"
+    return (f"{var} is set and {path.name} is not in the cache. Download {url} on a machine with network "
+            f"access and put it at {path}{other}, or pass pretrained='<local path>'.")
+
+
+def _hf_download(url: str, parts: tuple[str, str, str], *, progress: bool, timeout: float) -> Path:
+    """Fetch a hub file into the Hugging Face cache with huggingface_hub (its endpoint, token, resume)."""
+    from huggingface_hub import hf_hub_download
+
+    repo, rev, name = parts
+    kwargs = {}
+    if not progress:
+        from tqdm.auto import tqdm
+
+        class _Silent(tqdm):
+            def __init__(self, *args, **kw):
+                super().__init__(*args, **{**kw, "disable": True})
+
+        kwargs["tqdm_class"] = _Silent
+    try:
+        return Path(hf_hub_download(repo, name, revision=rev, cache_dir=str(hf_cache_dir()),
+                                    endpoint=os.environ.get("HF_ENDPOINT") or None, etag_timeout=timeout, **kwargs))
+    except Exception as e:  # huggingface_hub's errors (not found, gated, offline, HTTP) share no useful base
+        chain, err = [], e
+        while err is not None and len(chain) < 5:  # it wraps the HTTP error in "not in the local cache"
+            chain.append(err)
+            err = err.__cause__ or err.__context__
+        status = next((c.response.status_code for c in chain if getattr(c, "response", None) is not None), None)
+        hint = {401: "unauthorised: log in with `hf auth login` or set HF_TOKEN", 403: "forbidden (a gated repo? "
+                "accept its terms on the hub)", 404: "not found"}.get(status, "")
+        what = f"HTTP {status}{' ' + hint if hint else ''}; " if status else ""
+        raise DownloadError(f"Downloading {url} with huggingface_hub failed ({what}{type(chain[-1]).__name__}: "
+                            f"{_first_line(chain[-1])}). {_advice(url)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _download_locked(url: str, path: Path, sha256: str | None, *, progress: bool, retries: int, backoff: float,

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 
-__all__ = ["UnsafeCheckpointError", "read_state_dict", "unwrap_state_dict"]
+__all__ = ["UnsafeCheckpointError", "load_torch_file", "read_state_dict", "unwrap_state_dict"]
 
 # Containers that training scripts wrap the weights in, most specific first. ``model_ema`` is
 # not preferred over ``model`` on purpose: the plain weights are what a publisher evaluated.
@@ -60,25 +59,67 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Raises:
         FileNotFoundError: the path does not exist.
         UnsafeCheckpointError: the pickle needs code execution; it was refused, not run.
+        ValueError: the file is empty, truncated or not a checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist or is not a file.")
+    _check_file(path)
     if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         from safetensors.torch import load_file
 
-        return unwrap_state_dict(load_file(str(path), device="cpu"), str(path))
+        try:
+            tensors = load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors raises its own SafetensorError (header, size, dtype)
+            raise ValueError(f"{str(path)!r} is not a readable safetensors file (truncated?): {_first_line(e)}") from None
+        return unwrap_state_dict(tensors, str(path))
+    return unwrap_state_dict(load_torch_file(path), str(path))
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist or is not a file.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{str(path)!r} is empty (0 bytes): it was cut off while being written or copied. "
+                         "Use another copy of the file (or delete it and download it again).")
+
+
+def load_torch_file(path: str | os.PathLike) -> object:
+    """``torch.load(path, weights_only=True)`` on CPU, with errors that name the file and what to do.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        UnsafeCheckpointError: the pickle needs code execution; it was refused, not run.
+        ValueError: the file is empty, truncated, or not a torch file.
+    """
+    path = Path(path)
+    _check_file(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        reason = _unpickler_reason(e)
+        if "global" not in reason.lower():  # garbage bytes fail as "unsupported operand", not as code
+            raise ValueError(f"{str(path)!r} is not a readable checkpoint (truncated or not a torch file): {reason}") from None
         raise UnsafeCheckpointError(
-            f"Refused to load {str(path)!r}: it is a pickle that wants to run code ({_first_line(e)}). "
+            f"Refused to load {str(path)!r}: it is a pickle that wants to run code ({reason}). "
             "It was not executed. If you trust its author, convert it to safetensors in an isolated "
             "environment; zoo only reads weights."
         ) from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError) as e:
+    except Exception as e:  # zip, EOF, or the unpickler's own stack errors on a text or truncated file
         raise ValueError(f"{str(path)!r} is not a readable checkpoint (truncated or not a torch file): {_first_line(e)}") from None
-    return unwrap_state_dict(obj, str(path))
+
+
+def _unpickler_reason(e: BaseException) -> str:
+    # torch's message opens with generic advice; the reason is a later line: the blocked GLOBAL (code
+    # the pickle wants to run), else what follows "WeightsUnpickler error:" (e.g. an unsupported operand).
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    hit = next((ln for ln in lines if "global" in ln.lower()), None)
+    if hit:
+        return hit
+    for i, ln in enumerate(lines):
+        if ln.startswith("WeightsUnpickler error:"):
+            rest = [x for x in [ln.split(":", 1)[1].strip(), *lines[i + 1:]] if x]
+            if rest:
+                return rest[0]
+    return _first_line(e)
 
 
 def _looks_like_safetensors(path: Path) -> bool:

@@ -21,6 +21,11 @@ from .io import read_state_dict
 __all__ = [
     "LoadReport",
     "CheckpointMismatchError",
+    "WeightSource",
+    "classifier_name",
+    "find_source",
+    "kwargs_for_entry",
+    "load_file_into",
     "load_pretrained",
     "load_state_dict_into",
     "pretrained_kwargs",
@@ -44,13 +49,26 @@ class LoadReport:
     cfg: object = None  # the catalog entry (zoo.weights.catalog.PretrainedCfg) when loaded from one
 
 
-def classifier_keys(model: nn.Module) -> set[str]:
-    """State-dict names of the parameters of ``model.get_classifier()`` (empty when it has none)."""
+def classifier_name(model: nn.Module) -> str | None:
+    """Module name of the model's classifier (``"fc"``, ``"head"``), None when it declares none.
+
+    The name the builder recorded in ``model.pretrained_cfg["classifier"]`` wins; otherwise it is
+    found as the module ``model.get_classifier()`` returns (an ``nn.Identity`` for num_classes=0
+    still has its name, so a checkpoint's classifier is recognised for a headless model too).
+    """
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("classifier"):
+        return cfg["classifier"]
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if head is None:
-        return set()
-    ids = {id(p) for p in head.parameters()}
-    return {n for n, p in model.named_parameters() if id(p) in ids}
+        return None
+    return next((n for n, m in model.named_modules() if m is head and n), None)
+
+
+def classifier_keys(model: nn.Module) -> set[str]:
+    """State-dict names under the model's classifier (empty when it has none or is an identity)."""
+    name = classifier_name(model)
+    return {k for k in model.state_dict() if k.startswith(name + ".")} if name else set()
 
 
 def _first_conv_key(model: nn.Module) -> str | None:
@@ -80,6 +98,7 @@ def load_state_dict_into(
     *,
     source: str = "checkpoint",
     allow_new: Callable[[str], bool] | None = None,
+    adapt: bool = True,
 ) -> LoadReport:
     """Load an already-converted state dict, adapting the classifier and first conv.
 
@@ -89,6 +108,8 @@ def load_state_dict_into(
         source: shown in messages.
         allow_new: predicate for model keys that may be absent from the checkpoint because they are
             initialised by design (e.g. attention blocks retrofitted into a plain backbone).
+        adapt: re-initialise a classifier of another size and adapt the first conv to ``in_chans``;
+            False loads every key as is (a training checkpoint into the model it was saved from).
 
     Raises:
         CheckpointMismatchError: listing missing, unexpected and shape-mismatched keys.
@@ -96,10 +117,11 @@ def load_state_dict_into(
     report = LoadReport(source)
     own = model.state_dict()
     sd = dict(state_dict)
-    head = classifier_keys(model)
+    head_name = classifier_name(model) if adapt else None
+    head = classifier_keys(model) if adapt else set()
 
     # Classifier of another size (or none at all): keep the model's fresh head, say so.
-    ckpt_head = {k for k in sd if k in head or (k not in own and _is_head_like(k, head))}
+    ckpt_head = {k for k in sd if k.startswith(head_name + ".")} if head_name else set()
     if head or ckpt_head:
         mismatch = [k for k in ckpt_head if k not in own or own[k].shape != sd[k].shape]
         if mismatch:
@@ -112,7 +134,7 @@ def load_state_dict_into(
                 stacklevel=3,
             )
 
-    conv = _first_conv_key(model)
+    conv = _first_conv_key(model) if adapt else None
     if conv and conv in sd and sd[conv].ndim == 4 and own[conv].ndim == 4:
         cw, ow = sd[conv], own[conv]
         if cw.shape[1] != ow.shape[1] and cw.shape[0] == ow.shape[0] and cw.shape[2:] == ow.shape[2:]:
@@ -138,43 +160,75 @@ def load_state_dict_into(
     return report
 
 
-def _is_head_like(key: str, head: set[str]) -> bool:
-    # With num_classes=0 the model has no head keys; recognise the checkpoint's classifier by the
-    # module names our models use for it.
-    return key.rsplit(".", 1)[0] in {"fc", "head", "head.fc", "classifier"}
+@dataclass(frozen=True)
+class WeightSource:
+    """Where a ``pretrained=`` value points, found without touching the network.
+
+    Attributes:
+        path: a local file, or None when the weights are at ``url``.
+        url: what to download (through the cache) when ``path`` is None.
+        cfg: the catalog entry (zoo.weights.catalog.PretrainedCfg), or None for an uncatalogued file or URL.
+    """
+
+    path: str | None
+    url: str | None
+    cfg: object = None
+
+    @property
+    def name(self) -> str:
+        """What messages call these weights: the catalog key, else the path or URL."""
+        return self.cfg.name if self.cfg is not None else (self.path or self.url)
+
+    def fetch(self, progress: bool = True) -> str:
+        """The local file: ``path``, or ``url`` downloaded (cached, hash-checked)."""
+        if self.path is not None:
+            return self.path
+        from .download import download
+
+        return str(download(self.url, sha256=self.cfg.sha256 if self.cfg else None, progress=progress))
 
 
-def resolve_source(source: bool | str | os.PathLike, model_name: str | None = None, *, progress: bool = True):
-    """Turn a ``pretrained=`` value into ``(local path, catalog entry or None)``, downloading if needed.
+def find_source(source: bool | str | os.PathLike, model_name: str | None = None) -> WeightSource:
+    """Turn a ``pretrained=`` value into a :class:`WeightSource`, looking the catalog up once.
 
     ``source`` may be True (the architecture's default tag), a tag (``"tv2_in1k"``), a catalog key
     (``"resnet50.tv2_in1k"``, possibly of another architecture, e.g. to retrofit attention), a URL
     (``https://``, ``http://``, ``file://``) or a local path.
+
+    Raises:
+        ValueError: no default weights, or an unknown tag (naming the architecture's tags).
+        FileNotFoundError: a path that does not exist.
     """
     from . import catalog as cat
-    from .download import download
 
     if source is True:
         cfg = cat.find_entry(model_name or "")
         if cfg is None:
             raise ValueError(_no_weights_message(model_name))
-    else:
-        s = os.fspath(source)
-        if os.path.exists(s):
-            return s, None
-        cfg = cat.entry_for(model_name, s)
-        if re.match(r"^(https?|file)://", s):
-            return str(download(s, sha256=cfg.sha256 if cfg else None, progress=progress)), cfg
-        if cfg is None:
-            if os.sep in s or "/" in s or os.path.splitext(s)[1] in (".pth", ".pt", ".bin", ".ckpt", ".safetensors"):
-                raise FileNotFoundError(f"Checkpoint {s!r} does not exist or is not a file.")
-            tags = [c.split(".", 1)[1] for c in cat.list_pretrained(model_name or "")] if model_name else []
-            raise ValueError(
-                f"pretrained={s!r} is neither a file, a URL nor a catalog tag"
-                + (f" of {model_name!r} (its tags: {tags})" if tags else "")
-                + ". See zoo.list_pretrained()."
-            )
-    return str(download(cfg.url, sha256=cfg.sha256, progress=progress)), cfg
+        return WeightSource(None, cfg.url, cfg)
+    s = os.fspath(source)
+    if os.path.exists(s):
+        return WeightSource(s, None, None)
+    cfg = cat.entry_for(model_name, s)
+    if re.match(r"^(https?|file)://", s):
+        return WeightSource(None, s, cfg)
+    if cfg is None:
+        if os.sep in s or "/" in s or os.path.splitext(s)[1] in (".pth", ".pt", ".bin", ".ckpt", ".safetensors"):
+            raise FileNotFoundError(f"Checkpoint {s!r} does not exist or is not a file.")
+        tags = [c.split(".", 1)[1] for c in cat.list_pretrained(model_name or "")] if model_name else []
+        raise ValueError(
+            f"pretrained={s!r} is neither a file, a URL nor a catalog tag"
+            + (f" of {model_name!r} (its tags: {tags})" if tags else "")
+            + ". See zoo.list_pretrained()."
+        )
+    return WeightSource(None, cfg.url, cfg)
+
+
+def resolve_source(source: bool | str | os.PathLike, model_name: str | None = None, *, progress: bool = True):
+    """``(local path, catalog entry or None)`` for a ``pretrained=`` value, downloading if needed
+    (:func:`find_source`, then :meth:`WeightSource.fetch`)."""
+    src = find_source(source, model_name)
+    return src.fetch(progress), src.cfg
 
 
 def _no_weights_message(model_name: str | None) -> str:
@@ -190,17 +244,22 @@ def _no_weights_message(model_name: str | None) -> str:
     return msg + " Or pass pretrained='<path or URL>' to a checkpoint in torchvision, timm, official or zoo layout."
 
 
-def pretrained_kwargs(model_name: str, pretrained: bool | str | os.PathLike, kwargs: dict) -> dict:
+def kwargs_for_entry(cfg, kwargs: dict) -> dict:
     """Architecture kwargs a catalog entry implies: a Swin v2 checkpoint loaded into another
     ``window_size`` gets ``pretrained_window_size`` (unless given), as the Swin v2 paper fine-tunes."""
-    from . import catalog as cat
-
-    cfg = None if "://" in str(pretrained) else cat.entry_for(model_name, pretrained)
     pws = getattr(cfg, "pretrained_window_size", None)
     ws = kwargs.get("window_size")
     if pws and ws is not None and ws != pws and "pretrained_window_size" not in kwargs:
         return {**kwargs, "pretrained_window_size": pws}
     return kwargs
+
+
+def pretrained_kwargs(model_name: str, pretrained: bool | str | os.PathLike, kwargs: dict) -> dict:
+    """:func:`kwargs_for_entry` for the entry a ``pretrained=`` value names (none for an uncatalogued URL)."""
+    from . import catalog as cat
+
+    cfg = None if "://" in str(pretrained) else cat.entry_for(model_name, pretrained)
+    return kwargs_for_entry(cfg, kwargs)
 
 
 def load_pretrained(
@@ -217,11 +276,27 @@ def load_pretrained(
     Args:
         model: the zoo model to fill.
         source: True (default catalog tag), a tag or ``arch.tag`` key, a URL, or a local
-            ``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors`` file (see :func:`resolve_source`).
+            ``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors`` file (see :func:`find_source`).
         filter_fn: the family's layout converter, ``filter_fn(state_dict, model) -> state_dict``.
         model_name: registered name, for messages and tag lookup.
         allow_new: see :func:`load_state_dict_into`.
         progress: progress bar for downloads.
+    """
+    src = find_source(source, model_name)
+    return load_file_into(model, src.fetch(progress), cfg=src.cfg, filter_fn=filter_fn, model_name=model_name,
+                          allow_new=allow_new)
+
+
+def load_file_into(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    cfg=None,
+    filter_fn: Callable[[dict, nn.Module], dict] | None = None,
+    model_name: str | None = None,
+    allow_new: Callable[[str], bool] | None = None,
+) -> LoadReport:
+    """Load the local checkpoint ``path`` (catalog entry ``cfg`` or None) into ``model``.
 
     When the checkpoint has none of the model's attention blocks (a plain ResNet into
     ``cbam_resnet50``), the blocks are made to start as the identity (:mod:`zoo.weights.retrofit`),
@@ -229,7 +304,7 @@ def load_pretrained(
     """
     from . import retrofit
 
-    path, cfg = resolve_source(source, model_name, progress=progress)
+    path = os.fspath(path)
     sd = read_state_dict(path)
     gated = retrofit.gated_prefixes(sd)
     if gated:  # saved from a retrofitted model: rebuild its wrappers so every key has a home
