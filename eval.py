@@ -45,7 +45,8 @@ def evaluate(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     metrics = write_report(pred, datamodule.classes, paths, out)
     print(f"top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  on {metrics['num_images']} images"
-          f" ({metrics['skipped_images']} skipped)")
+          f" ({metrics['skipped_images']} skipped"
+          + (f", listed in {metrics['skipped_list']})" if metrics.get("skipped_list") else ")"))
     print(f"metrics:          {out / 'metrics.json'}\npredictions:      {out / 'predictions.csv'}\n"
           f"confusion matrix: {out / 'confusion_matrix.png'}")
     dc = datamodule.data_config

@@ -54,6 +54,9 @@ def train(cfg: DictConfig, callbacks: list | tuple = ()) -> dict:
               f" after {summary.get('epochs')} epochs in {summary.get('wall_time_s')} s,"
               f" {summary.get('train_images_per_s')} train images/s")
         print(f"checkpoints: {ck.get('best')}\n             {ck.get('last')}")
+        sk = summary.get("skipped_images") or {}
+        print(f"skipped:     {sk.get('train', 0)} train, {sk.get('val', 0)} val images"
+              + (f" (listed in {sk['list']})" if sk.get("list") else " (undecodable, truncated or too large)"))
         print(f"metrics:     {summary_path}" + "".join(f"\n             {lg.log_dir}" for lg in loggers if getattr(lg, "log_dir", None)))
         print(f"plots:       {out / 'curves.png'}")
     return summary

@@ -2,10 +2,12 @@
 transformer MLP. Plain PyTorch only: the speedups are applied from outside by ``zoo.accel``."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn as nn
 
-__all__ = ["make_divisible", "DropPath", "check_image_input", "Mlp"]
+__all__ = ["make_divisible", "DropPath", "check_image_input", "check_int", "check_rate", "check_positive", "Mlp"]
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
@@ -60,6 +62,38 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int | tuple[int,
             f"{model} expects input [B, {in_chans}, H, W] with H >= {mh} and W >= {mw}; "
             f"got {list(x.shape)}."
         )
+
+
+def _ints(value) -> list | None:
+    """The integers of an int or a sequence of ints (Hydra's ListConfig too); None if not integers."""
+    items = [value] if isinstance(value, (int, float, str, bool)) or value is None else list(value)
+    if not items or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items):
+        return None
+    return items
+
+
+def check_int(owner: str, name: str, value, minimum: int = 1) -> None:
+    """Raise ``ValueError`` unless ``value`` (an int, or a sequence of them) is at least ``minimum``.
+
+    Constructors call this first, so a bad size fails where it was given, naming the argument, the
+    value and the valid range, instead of deep in the first forward.
+    """
+    items = _ints(value)
+    if items is None or min(items) < minimum:
+        what = "an integer" if isinstance(value, (int, float, str, bool)) or value is None else "integers"
+        raise ValueError(f"{owner}: {name} must be {what} >= {minimum}, got {value!r}.")
+
+
+def check_rate(owner: str, name: str, value) -> None:
+    """Raise ``ValueError`` unless ``value`` is a probability in [0, 1) (dropout, stochastic depth)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{owner}: {name} must be in [0, 1) (a drop probability), got {value!r}.")
+
+
+def check_positive(owner: str, name: str, value) -> None:
+    """Raise ``ValueError`` unless ``value`` is a number > 0 (ratios)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{owner}: {name} must be a number > 0, got {value!r}.")
 
 
 class Mlp(nn.Module):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from ..layers import make_divisible
+from ..layers import check_int, check_positive, make_divisible
 from ..registry import register_block
 
 __all__ = ["ChannelAttn", "SpatialAttn", "Cbam"]
@@ -39,6 +39,8 @@ class ChannelAttn(nn.Module):
         gate_layer: Callable[..., nn.Module] = nn.Sigmoid,
     ):
         super().__init__()
+        check_int("ChannelAttn", "channels", channels)
+        check_int("ChannelAttn", "rd_channels", rd_channels)
         self.fc1 = nn.Conv2d(channels, rd_channels, 1, bias=mlp_bias)
         self.act = act_layer()
         self.fc2 = nn.Conv2d(rd_channels, channels, 1, bias=mlp_bias)
@@ -79,6 +81,9 @@ class SpatialAttn(nn.Module):
         gate_layer: Callable[..., nn.Module] = nn.Sigmoid,
     ):
         super().__init__()
+        check_int("SpatialAttn", "kernel_size", kernel_size)
+        if kernel_size % 2 != 1:  # an even kernel would shift the gate by half a pixel
+            raise ValueError(f"SpatialAttn: kernel_size must be odd, got {kernel_size!r}.")
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=norm_layer is None)
         self.bn = norm_layer(1) if norm_layer is not None else nn.Identity()
         self.gate_act = gate_layer()
@@ -127,6 +132,12 @@ class Cbam(nn.Module):
         gate_layer: Callable[..., nn.Module] = nn.Sigmoid,
     ):
         super().__init__()
+        check_int("Cbam", "channels", channels)
+        check_positive("Cbam", "rd_ratio", rd_ratio)
+        if rd_channels is not None:
+            check_int("Cbam", "rd_channels", rd_channels)
+        check_int("Cbam", "rd_divisor", rd_divisor)
+        check_int("Cbam", "spatial_kernel_size", spatial_kernel_size)
         if rd_channels is None:
             rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
         self.channel = ChannelAttn(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from ..layers import check_int, check_positive
 from ..registry import register_block
 
 __all__ = ["EfficientChannelAttn", "eca_kernel_size"]
@@ -53,8 +54,11 @@ class EfficientChannelAttn(nn.Module):
         gate_layer: Callable[..., nn.Module] = nn.Sigmoid,
     ):
         super().__init__()
+        check_int("EfficientChannelAttn", "channels", channels)
+        check_positive("EfficientChannelAttn", "gamma", gamma)
         if kernel_size is None:
             kernel_size = eca_kernel_size(channels, gamma, beta)
+        check_int("EfficientChannelAttn", "kernel_size", kernel_size)
         if kernel_size % 2 != 1:
             raise ValueError(f"ECA kernel_size must be odd so the gate stays aligned; got {kernel_size}.")
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=kernel_size // 2, bias=False)

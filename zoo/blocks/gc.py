@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from ..layers import make_divisible
+from ..layers import check_int, check_positive, make_divisible
 from ..registry import register_block
 
 __all__ = ["GlobalContext"]
@@ -49,6 +49,11 @@ class GlobalContext(nn.Module):
         norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
     ):
         super().__init__()
+        check_int("GlobalContext", "channels", channels)
+        check_positive("GlobalContext", "rd_ratio", rd_ratio)
+        if rd_channels is not None:
+            check_int("GlobalContext", "rd_channels", rd_channels)
+        check_int("GlobalContext", "rd_divisor", rd_divisor)
         if rd_channels is None:
             rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
         self.conv_attn = nn.Conv2d(channels, 1, 1)

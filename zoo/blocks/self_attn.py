@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..layers import check_int, check_rate
 from ..registry import register_block
 
 __all__ = ["BottleneckSelfAttn"]
@@ -70,6 +71,10 @@ class BottleneckSelfAttn(nn.Module):
         attn_drop: float = 0.0,
     ):
         super().__init__()
+        check_int("BottleneckSelfAttn", "channels", channels)
+        check_int("BottleneckSelfAttn", "num_heads", num_heads)
+        check_int("BottleneckSelfAttn", "feat_size", feat_size)
+        check_rate("BottleneckSelfAttn", "attn_drop", attn_drop)
         if channels % num_heads:
             raise ValueError(f"channels ({channels}) must be divisible by num_heads ({num_heads}).")
         if stride not in (1, 2):

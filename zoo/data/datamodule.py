@@ -11,7 +11,7 @@ import lightning as L
 import torch
 
 from .embedded import EMBEDDED, ensure_embedded
-from .folder import EpochSampler, ImageFolder, ResumableLoader, collate_skip, find_classes
+from .folder import MAX_PIXELS, EpochSampler, ImageFolder, ResumableLoader, collate_skip, find_classes
 from .transforms import eval_transform, resolve_data_config, train_transform
 
 __all__ = ["ImageFolderDataModule", "check_splits"]
@@ -48,6 +48,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         data_config: the preprocessing the model's weights expect, overriding the settings above:
             ``model.pretrained_cfg``, :func:`zoo.resolve_pretrained_cfg` (when the datamodule is built
             before the model), or a checkpoint's saved data config. None: the settings above.
+        max_image_pixels: images with more pixels (width x height) are skipped unread and counted,
+            like an undecodable file; None for no limit.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         val_split: str = "val",
         seed: int = 0,
         data_config: Mapping | None = None,
+        max_image_pixels: int | None = MAX_PIXELS,
     ):
         super().__init__()
         if root is None and embedded is None:
@@ -83,6 +86,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.train_aug = dict(train_aug or {})
         self.splits = (train_split, val_split)
         self.seed = seed
+        self.max_image_pixels = max_image_pixels
         self.classes: list[str] | None = None
         self.train_set = self.val_set = None
 
@@ -99,9 +103,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         dc = self.data_config
         tail = dict(img_size=dc["img_size"], mean=dc["mean"], std=dc["std"], interpolation=dc["interpolation"])
         self.train_set = ImageFolder(f"{self.root}/{self.splits[0]}", self.classes,
-                                     train_transform(**tail, **self.train_aug))
+                                     train_transform(**tail, **self.train_aug), max_pixels=self.max_image_pixels)
         self.val_set = ImageFolder(f"{self.root}/{self.splits[1]}", self.classes,
-                                   eval_transform(**tail, crop_pct=dc["crop_pct"]))
+                                   eval_transform(**tail, crop_pct=dc["crop_pct"]), max_pixels=self.max_image_pixels)
 
     @property
     def num_classes(self) -> int:

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
-from ..layers import DropPath, check_image_input
+from ..layers import DropPath, check_image_input, check_int, check_rate
 from ..registry import create_block, register_model
 from .features import check_output_fmt, feature_take_indices
 
@@ -204,6 +204,13 @@ class ResNet(nn.Module):
         zero_init_last: bool = False,
     ):
         super().__init__()
+        check_int("ResNet", "num_classes", num_classes, 0)
+        check_int("ResNet", "in_chans", in_chans)
+        check_int("ResNet", "layers", tuple(layers))
+        check_int("ResNet", "groups", groups)
+        check_int("ResNet", "width_per_group", width_per_group)
+        check_int("ResNet", "img_size", img_size)
+        check_rate("ResNet", "drop_path_rate", drop_path_rate)
         if block not in _BLOCK_TYPES:
             raise ValueError(f"block must be one of {sorted(_BLOCK_TYPES)}, got {block!r}.")
         if len(layers) != 4:

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, Mlp, check_image_input
+from ..layers import DropPath, Mlp, check_image_input, check_int, check_positive, check_rate
 from ..registry import register_model
 from .features import check_output_fmt, feature_take_indices
 from .swin_convert import checkpoint_filter_fn
@@ -478,6 +478,14 @@ class SwinTransformer(nn.Module):
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.1, mask_padding: bool = False):
         super().__init__()
+        owner = type(self).__name__
+        for name, value, lo in (("num_classes", num_classes, 0), ("in_chans", in_chans, 1), ("patch_size", patch_size, 1),
+                                ("embed_dim", embed_dim, 1), ("depths", tuple(depths), 1),
+                                ("num_heads", tuple(num_heads), 1), ("window_size", window_size, 1)):
+            check_int(owner, name, value, lo)
+        check_positive(owner, "mlp_ratio", mlp_ratio)
+        for name, value in (("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate), ("drop_path_rate", drop_path_rate)):
+            check_rate(owner, name, value)
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} need one entry per stage.")
         self.num_classes, self.in_chans, self.patch_size = num_classes, in_chans, patch_size

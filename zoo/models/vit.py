@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import DropPath, Mlp, check_image_input
+from ..layers import DropPath, Mlp, check_image_input, check_int, check_positive, check_rate
 from ..registry import register_model
 from .features import check_output_fmt, feature_take_indices
 
@@ -173,6 +173,13 @@ class VisionTransformer(nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
+        for name, value, lo in (("img_size", img_size, 1), ("patch_size", patch_size, 1), ("in_chans", in_chans, 1),
+                                ("num_classes", num_classes, 0), ("embed_dim", embed_dim, 1), ("depth", depth, 1),
+                                ("num_heads", num_heads, 1)):
+            check_int("VisionTransformer", name, value, lo)
+        check_positive("VisionTransformer", "mlp_ratio", mlp_ratio)
+        for name, value in (("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate), ("drop_path_rate", drop_path_rate)):
+            check_rate("VisionTransformer", name, value)
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}.")
         self.img_size = _pair(img_size)

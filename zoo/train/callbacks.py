@@ -1,4 +1,5 @@
-"""Callbacks: the run summary (summary.json, curves.png) and throughput measurement."""
+"""Callbacks: the run summary (summary.json, curves.png), throughput, and the checks that every
+checkpoint it reports can be, and was, written."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,10 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from .checkpoint_io import check_writable, write_hint
 
 __all__ = ["RunSummary", "plot_curves"]
 
@@ -19,7 +23,8 @@ class RunSummary(L.Callback):
     """Record per-epoch metrics; at the end write ``summary.json`` and ``curves.png`` in ``output_dir``.
 
     The summary holds the final and best metrics, epochs, wall time, training images/s (time spent in
-    training batches only) and the checkpoint paths.
+    training batches only) and the checkpoint paths. Fitting stops before the first step if a
+    checkpoint folder is not writable, and raises at the end if a reported checkpoint is missing.
     """
 
     def __init__(self, output_dir: str, monitor: str = "val/top1"):
@@ -27,9 +32,18 @@ class RunSummary(L.Callback):
         self.history: list[dict] = []
         self._t0 = self._tb = None
         self.train_time, self.train_images = 0.0, 0
+        self.skipped: dict[str, dict[str, str]] = {"train": {}, "val": {}}  # split -> path -> reason
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
+        # Hours of training into a folder that cannot take the checkpoint help nobody: check first.
+        problems = []
+        if trainer.is_global_zero:
+            folders = {c.dirpath for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)}
+            problems = [p for p in (check_writable(f) for f in sorted(folders) if "://" not in f) if p]
+        problems = trainer.strategy.broadcast(problems, src=0)  # every rank stops, not only rank 0
+        if problems:
+            raise PermissionError("\n".join(problems))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._tb = time.perf_counter()
@@ -37,6 +51,19 @@ class RunSummary(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.train_time += time.perf_counter() - self._tb
         self.train_images += len(batch["image"]) * trainer.world_size
+        self._note_skipped("train", batch)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking:
+            self._note_skipped("val", batch)
+
+    def _note_skipped(self, split: str, batch) -> None:
+        if isinstance(batch, dict):
+            self.skipped[split].update(batch.get("skipped_items") or [])
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if trainer.is_global_zero:  # a run stopped for unreadable data still says which files
+            self.write_skipped()
 
     # An epoch's row is taken once all its epoch-end hooks have logged (callbacks run before the
     # module's on_train_epoch_end): at the next epoch's start, or at the end of fitting.
@@ -56,8 +83,28 @@ class RunSummary(L.Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._flush(trainer)
+        if trainer.world_size > 1 and torch.distributed.is_initialized():  # each rank saw its own shard
+            parts = [None] * trainer.world_size
+            torch.distributed.all_gather_object(parts, self.skipped)
+            for part in parts:
+                for split, files in part.items():
+                    self.skipped[split].update(files)
+        missing = []
         if trainer.is_global_zero:
             self.write(trainer)
+            missing = self.missing_checkpoints(trainer)
+        missing = trainer.strategy.broadcast(missing, src=0)
+        if missing:
+            raise RuntimeError(
+                "".join(f"Checkpoint {p} was reported saved but does not exist. " for p in missing)
+                + f"The checkpoint writer failed without an error. To fix: {write_hint(missing[0])}")
+
+    @staticmethod
+    def missing_checkpoints(trainer) -> list[str]:
+        """Paths that a ModelCheckpoint reports as saved (best, last) but that are not files."""
+        paths = {p for c in trainer.checkpoint_callbacks for p in (getattr(c, "best_model_path", ""),
+                                                                   getattr(c, "last_model_path", "")) if p}
+        return sorted(p for p in paths if "://" not in p and not Path(p).is_file())
 
     def write(self, trainer) -> Path:
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -74,13 +121,30 @@ class RunSummary(L.Callback):
                 "best": ckpt.best_model_path if ckpt else None,
                 "last": ckpt.last_model_path if ckpt else None,
             },
+            "skipped_images": {"train": len(self.skipped["train"]), "val": len(self.skipped["val"]),
+                               "list": self.write_skipped()},
             "history": self.history,
         }
+        missing = self.missing_checkpoints(trainer)
+        if missing:  # say so in the file too, rather than list files that are not there
+            summary["checkpoints"]["missing"] = missing
         path = self.output_dir / "summary.json"
         path.write_text(json.dumps(summary, indent=2))
         if self.history:
             plot_curves(self.history, self.output_dir / "curves.png")
         return path
+
+
+    def write_skipped(self) -> str | None:
+        """``skipped_images.txt`` (``split<TAB>path<TAB>reason`` per file) if any image was skipped."""
+        rows = [f"{split}\t{path}\t{reason}" for split in ("train", "val")
+                for path, reason in sorted(self.skipped[split].items())]
+        if not rows:
+            return None
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.output_dir / "skipped_images.txt"
+        path.write_text("\n".join(rows) + "\n")
+        return str(path)
 
 
 def plot_curves(history: list[dict], path: Path) -> Path:

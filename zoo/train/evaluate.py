@@ -27,10 +27,11 @@ def predict(model: nn.Module, loader, device: str = "cpu", precision: str = "32-
         ``{"probs": [N, K], "target": [N], "index": [N]}`` for the decodable images, and ``skipped``.
     """
     model.to(device)
-    probs, target, index, skipped = [], [], [], 0
+    probs, target, index, skipped, skipped_items = [], [], [], 0, []
     amp = precision.startswith("bf16")
     for batch in loader:
         skipped += int(batch["skipped"])
+        skipped_items += batch.get("skipped_items", [])
         if len(batch["image"]) == 0:
             continue
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
@@ -38,7 +39,13 @@ def predict(model: nn.Module, loader, device: str = "cpu", precision: str = "32-
         probs.append(logits.float().softmax(-1).cpu())
         target.append(batch["target"])
         index.append(batch["index"])
-    return {"probs": torch.cat(probs).numpy(), "target": torch.cat(target).numpy(),
+    if not probs:  # nothing to score: metrics of no image would be a crash or a lie
+        where = getattr(getattr(loader, "dataset", None), "root", "the evaluation split")
+        examples = ", ".join(p for p, _ in skipped_items[:3])
+        raise ValueError(f"{where} has no readable image: all {skipped} images were skipped (undecodable, "
+                         f"truncated or over data.max_image_pixels){', e.g. ' + examples if examples else ''}. "
+                         "Repair or remove those files, or point data.root / split at the right folder.")
+    return {"skipped_items": skipped_items, "probs": torch.cat(probs).numpy(), "target": torch.cat(target).numpy(),
             "index": torch.cat(index).numpy(), "skipped": skipped}
 
 
@@ -82,6 +89,10 @@ def write_report(pred: dict, classes: list[str], paths: list[str], out_dir: str 
     per_class = {c: (float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None) for i, c in enumerate(classes)}
     metrics = {"top1": top1, "top5": top5, "num_images": int(len(target)), "skipped_images": pred["skipped"],
                "per_class_top1": per_class}
+    if pred.get("skipped_items"):  # which files, for the user to repair: path<TAB>reason
+        listing = out / "skipped_images.txt"
+        listing.write_text("".join(f"{p}\t{r}\n" for p, r in pred["skipped_items"]))
+        metrics["skipped_list"] = str(listing)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     with open(out / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)

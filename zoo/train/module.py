@@ -154,6 +154,8 @@ class ClassificationModule(L.LightningModule):
         self.train_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_loss = MeanMetric()
         self.skipped = {"train": 0, "val": 0}
+        self.decoded = {"train": 0, "val": 0}  # images used this epoch: 0 with skips means nothing readable
+        self.skipped_examples = {"train": [], "val": []}
 
     def _make_ema(self, cfg: Mapping):
         from timm.utils import ModelEmaV3
@@ -182,7 +184,7 @@ class ClassificationModule(L.LightningModule):
             loader.load_state_dict(states[0])
 
     def training_step(self, batch: dict, batch_idx: int):
-        self.skipped["train"] += int(batch["skipped"])
+        self._count("train", batch)
         x, y = batch["image"], batch["target"]
         if len(x) == 0:
             return None
@@ -211,8 +213,33 @@ class ClassificationModule(L.LightningModule):
             self.ema.update(self.model, step=self.global_step)
 
     def on_train_epoch_end(self) -> None:
+        self._require_images("train")
         self._step_timm_schedulers_per_epoch()
         self._report_skipped("train")
+
+    def _count(self, split: str, batch: dict) -> None:
+        self.skipped[split] += int(batch["skipped"])
+        self.decoded[split] += len(batch["image"])
+        ex = self.skipped_examples[split]
+        ex += [p for p, _ in batch.get("skipped_items", [])][: 3 - len(ex)]
+
+    def _require_images(self, split: str, reset: bool = True) -> None:
+        """Stop when every image of this epoch's ``split`` was skipped: metrics (top-1 0, NaN loss) and a
+        "best" checkpoint computed from no image at all would be wrong, not just poor."""
+        counts = torch.tensor([self.decoded[split], self.skipped[split]], dtype=torch.float64, device=self.device)
+        if self.trainer.world_size > 1:
+            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        decoded, skipped = (int(c) for c in counts.tolist())
+        examples = self.skipped_examples[split]
+        if reset:
+            self.decoded[split], self.skipped_examples[split] = 0, []
+        if decoded == 0 and skipped > 0:
+            name = {"train": "training", "val": "validation"}[split]
+            raise RuntimeError(
+                f"No readable {name} image in epoch {self.current_epoch}: all {skipped} images read were skipped "
+                f"(undecodable, truncated or over data.max_image_pixels), e.g. {', '.join(examples) or '?'}. "
+                "Repair or remove those files, or point data.root (and data.train_split / data.val_split) "
+                "at the right folder.")
 
     def _report_skipped(self, split: str) -> None:
         n = torch.tensor(float(self.skipped[split]), device=self.device)
@@ -223,8 +250,12 @@ class ClassificationModule(L.LightningModule):
             warnings.warn(f"Epoch {self.current_epoch}: skipped {total} undecodable {split} image(s).", stacklevel=2)
 
     # --- validation -----------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        if not self.trainer.sanity_checking:  # a training epoch with nothing readable: stop before "best"
+            self._require_images("train", reset=False)
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.skipped["val"] += int(batch["skipped"])
+        self._count("val", batch)
         x, y = batch["image"], batch["target"]
         if len(x) == 0:
             return
@@ -236,6 +267,7 @@ class ClassificationModule(L.LightningModule):
             self.val_top1_ema.update(self.ema.module(x), y)
 
     def on_validation_epoch_end(self) -> None:
+        self._require_images("val")
         self.log("val/loss", self.val_loss.compute(), prog_bar=False, sync_dist=False)
         self.log("val/top1", self.val_top1.compute(), prog_bar=True)
         self.log("val/top5", self.val_top5.compute())

@@ -1,4 +1,4 @@
-"""``python -m zoo.viz model=<name> ckpt_path=<ckpt> image=<file or folder>``: attention pictures.
+"""``python -m zoo.viz ckpt_path=<ckpt> image=<file or folder>`` (or ``model=<name>``): attention pictures.
 
 Composes configs/viz.yaml, loads the model (from a train.py checkpoint or by name), preprocesses
 the images as evaluation does, and writes the PNGs and ``index.html`` (zoo.viz.plot.visualize).
@@ -22,13 +22,14 @@ def viz(cfg: DictConfig) -> Path:
     from zoo.viz.load import list_images, load_images, load_model
     from zoo.viz.plot import visualize
 
-    model_cfg = cfg.get("model") or {}
+    model_cfg = cfg.get("model") or {}  # no model group (the README's ckpt_path= form): a plain {}
+    kwargs = model_cfg.get("kwargs")
     model, info = load_model(
         model_cfg.get("name"),
         ckpt_path=cfg.ckpt_path,
         pretrained=cfg.pretrained,
         num_classes=cfg.num_classes,
-        model_kwargs=OmegaConf.to_container(model_cfg.get("kwargs") or {}, resolve=True),
+        model_kwargs=OmegaConf.to_container(kwargs, resolve=True) if isinstance(kwargs, DictConfig) else dict(kwargs or {}),
         ema=cfg.ema,
     )
     data = {**OmegaConf.to_container(cfg.data, resolve=True), **info["data_config"]}

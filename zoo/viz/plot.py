@@ -20,10 +20,11 @@ from matplotlib.figure import Figure
 
 from .capture import AttentionMaps, capture_attention
 
-__all__ = ["to_image", "plot_map", "plot_channel_weights", "plot_cams", "plot_overview", "write_index", "visualize"]
+__all__ = ["to_image", "map_scale", "plot_map", "plot_channel_weights", "plot_cams", "plot_overview", "write_index", "visualize"]
 
 _SPATIAL = ("spatial", "context", "query", "received", "cls", "rollout", "window")
 _CHANNEL = ("channel", "channel_add")
+_GATES = ("spatial",)  # sigmoid gates: their scale is their range, [0, 1]
 
 
 def to_image(x: torch.Tensor, mean: Sequence[float] = (0.5,) * 3, std: Sequence[float] = (0.5,) * 3) -> np.ndarray:
@@ -37,18 +38,49 @@ def to_image(x: torch.Tensor, mean: Sequence[float] = (0.5,) * 3, std: Sequence[
     return img[:3].permute(1, 2, 0).numpy()
 
 
+def map_scale(kind: str, values) -> tuple[float, float]:
+    """The colour scale ``(vmin, vmax)`` a map of ``kind`` is drawn on.
+
+    A gate is drawn on its range [0, 1]; the other maps are attention weights (>= 0), drawn from 0
+    to their largest value. Never min-max: a map that hardly varies (a CBAM gate at 0.5 everywhere)
+    would be stretched into speckle noise, so it is drawn flat, as it is. Signed values get a
+    scale symmetric around 0.
+    """
+    if kind in _GATES:
+        return 0.0, 1.0
+    v = np.asarray(values, dtype=np.float64)
+    lo, hi = float(v.min()), float(v.max())
+    if lo < 0:
+        a = max(-lo, hi)
+        return -a, a
+    return 0.0, hi if hi > 0 else 1.0
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}"
+
+
 def _upsample(heat: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``[h, w]`` map -> ``[H, W]`` (bilinear), min-max scaled to [0, 1] for display."""
+    """``[h, w]`` map -> ``[H, W]`` (bilinear), values kept (the colour scale is chosen by the caller)."""
     t = torch.as_tensor(np.asarray(heat, dtype=np.float32))[None, None]
-    t = F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0]
-    lo, hi = t.min(), t.max()
-    return ((t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)).numpy()
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def _overlay(ax, img: np.ndarray, heat, title: str = "", alpha: float = 0.5) -> None:
+def _overlay(ax, img: np.ndarray, heat, title: str = "", alpha: float = 0.5,
+             scale: tuple[float, float] = (0.0, 1.0), colorbar: bool = False) -> None:
+    """The map over the image on the colour scale ``scale``; with ``colorbar`` its scale and the
+    map's own range (marked flat when it spans under 1% of the scale) are shown."""
     ax.imshow(img)
-    ax.imshow(_upsample(heat, img.shape[:2]), cmap="jet", alpha=alpha, vmin=0, vmax=1)
-    ax.set_title(title, fontsize=7)
+    im = ax.imshow(_upsample(heat, img.shape[:2]), cmap="jet", alpha=alpha, vmin=scale[0], vmax=scale[1])
+    if colorbar:
+        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02, ticks=list(scale))
+        cb.ax.set_yticklabels([_fmt(scale[0]), _fmt(scale[1])])
+        cb.ax.tick_params(labelsize=5, length=2)
+        h = np.asarray(heat, dtype=np.float64)
+        lo, hi = float(h.min()), float(h.max())
+        flat = hi - lo <= 0.01 * (scale[1] - scale[0])
+        title = f"{title}\n{'flat ' + _fmt((lo + hi) / 2) if flat else _fmt(lo) + ' to ' + _fmt(hi)}"
+    ax.set_title(title, fontsize=6 if colorbar else 7)
     ax.axis("off")
 
 
@@ -76,6 +108,7 @@ def plot_map(img: np.ndarray, maps: AttentionMaps, key: str, path: Path, sample:
         sample: which batch element.
     """
     kind, m = maps.kinds[key], maps[key][sample].float().cpu()
+    scale = map_scale(kind, m)  # one scale for all heads and queries, so they can be compared
     if kind == "query":  # heads, Q, h, w: rows heads, columns queries, query marked
         heads, nq = m.shape[:2]
         fig, axes = _grid(heads, nq)
@@ -84,18 +117,19 @@ def plot_map(img: np.ndarray, maps: AttentionMaps, key: str, path: Path, sample:
         for i in range(heads):
             for j in range(nq):
                 ax = axes[i, j]
-                _overlay(ax, img, m[i, j], f"head {i} query ({int(q[j, 0])},{int(q[j, 1])})")
+                _overlay(ax, img, m[i, j], f"head {i} query ({int(q[j, 0])},{int(q[j, 1])})", scale=scale,
+                         colorbar=True)
                 ax.plot((q[j, 1] + 0.5) * img.shape[1] / w - 0.5, (q[j, 0] + 0.5) * img.shape[0] / h - 0.5,
                         "w*", markersize=8, markeredgecolor="k")
     elif m.ndim == 3:  # heads, h, w
         heads = m.shape[0]
         fig, axes = _grid(1, heads + 1)
-        _overlay(axes[0, 0], img, m.mean(0), "head mean")
+        _overlay(axes[0, 0], img, m.mean(0), "head mean", scale=scale, colorbar=True)
         for i in range(heads):
-            _overlay(axes[0, i + 1], img, m[i], f"head {i}")
+            _overlay(axes[0, i + 1], img, m[i], f"head {i}", scale=scale, colorbar=True)
     else:  # h, w
         fig, axes = _grid(1, 1, cell=3.0)
-        _overlay(axes[0, 0], img, m, kind)
+        _overlay(axes[0, 0], img, m, kind, scale=scale, colorbar=True)
     fig.suptitle(f"{key} ({kind})", fontsize=8)
     return _save(fig, path)
 
@@ -132,23 +166,32 @@ def plot_cams(img: np.ndarray, cams: dict[str, np.ndarray], path: Path, title: s
     return _save(fig, path)
 
 
-def plot_overview(img: np.ndarray, maps: AttentionMaps, path: Path, sample: int = 0, max_panels: int = 24) -> Path | None:
-    """One PNG grid with the head-mean of every spatial map (capture order); None if there are none."""
+def plot_overview(img: np.ndarray, maps: AttentionMaps, path: Path, sample: int = 0, max_panels: int = 24,
+                  label: str | None = None) -> Path | None:
+    """One PNG grid: the input (titled with ``label``, the predicted class), then the head-mean of
+    every spatial map (capture order), each on its colour scale (:func:`map_scale`) with a colour
+    bar and the map's range; None if there are no spatial maps."""
     keys = list(maps.of_kind(*_SPATIAL))
     if not keys:
         return None
     if len(keys) > max_panels:  # keep the first and last ones: stem and head of the network
         keys = keys[: max_panels // 2] + keys[-(max_panels - max_panels // 2):]
-    cols = min(6, len(keys))
-    rows = -(-len(keys) // cols)
-    fig, axes = _grid(rows, cols)
-    for ax in axes.flat[len(keys):]:
+    n = len(keys) + 1
+    cols = min(6, n)
+    rows = -(-n // cols)
+    fig, axes = _grid(rows, cols, cell=1.9)
+    for ax in axes.flat[n:]:
         ax.axis("off")
-    for ax, key in zip(axes.flat, keys):
-        m = maps[key][sample].float().cpu()
-        if maps.kinds[key] == "query":
+    first = axes.flat[0]
+    first.imshow(img)
+    first.set_title("input" + (f"\npredicted {label}" if label else ""), fontsize=7)
+    first.axis("off")
+    for ax, key in zip(axes.flat[1:], keys):
+        kind, m = maps.kinds[key], maps[key][sample].float().cpu()
+        if kind == "query":
             m = m[:, 0]  # first query
-        _overlay(ax, img, m.mean(0) if m.ndim == 3 else m, key)
+        m = m.mean(0) if m.ndim == 3 else m
+        _overlay(ax, img, m, key, scale=map_scale(kind, m), colorbar=True)
     return _save(fig, path)
 
 
@@ -211,7 +254,8 @@ def visualize(
     names = list(names) if names is not None else [f"img{i}" for i in range(x.shape[0])]
     with torch.no_grad(), capture_attention(model, queries=queries) as maps:
         logits = model(x)
-    pred = logits.argmax(-1).tolist()
+    prob, pred = logits.float().softmax(-1).max(-1)
+    prob, pred = prob.tolist(), pred.tolist()
     cams = {}
     if cam_methods:
         from .cam import compute_cam
@@ -225,7 +269,8 @@ def visualize(
         written = []
         if cams:
             written.append(plot_cams(img, {m: c[i] for m, c in cams.items()}, d / "cam.png", f"{name}: predicted {label}"))
-        for p in (plot_overview(img, maps, d / "overview.png", i), plot_channel_weights(maps, d / "channels.png", i)):
+        overview = plot_overview(img, maps, d / "overview.png", i, label=f"{label} (p={prob[i]:.2f})")
+        for p in (overview, plot_channel_weights(maps, d / "channels.png", i)):
             if p is not None:
                 written.append(p)
         if per_layer:
