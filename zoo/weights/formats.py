@@ -27,7 +27,8 @@ class NotACheckpointError(ValueError):
     """The file is not a complete checkpoint.
 
     Attributes:
-        reason: what the file is or what is wrong with it, e.g. ``"an HTML page titled 'Sign in'"``.
+        reason: what the file is instead, a noun phrase for "it is ...": ``"an HTML page titled 'Sign in'"``,
+            ``"a zip archive cut short (truncated): ..."``.
         truncated: the file looks like a checkpoint cut short (worth downloading or copying again).
     """
 
@@ -104,7 +105,7 @@ def check_file(path: str | os.PathLike, *, claimed: str | None = None, full: boo
         want_st = str(claimed or "").lower().endswith(".safetensors")
         if want_st and kind not in ("safetensors", "empty"):
             what = {"zip": "a zip archive (a torch file?)", "pickle": "a pickle (a torch file?)"}.get(kind)
-            _fail(f"not safetensors as its name says: it is {what or describe_bytes(head)}", kind == "empty")
+            _fail(f"{what or describe_bytes(head)}, not safetensors as its name says", kind == "empty")
         if kind == "safetensors":
             f.seek(0)
             _check_safetensors(f, size)
@@ -118,7 +119,7 @@ def check_file(path: str | os.PathLike, *, claimed: str | None = None, full: boo
             return "legacy torch"
     if kind == "empty":
         _fail("empty (0 bytes)", truncated=True)
-    _fail(f"not a checkpoint: it is {describe_bytes(head)}")
+    _fail(describe_bytes(head))
     raise AssertionError  # unreachable
 
 
@@ -153,7 +154,7 @@ def _check_torch_zip(path: str, full: bool) -> None:
     with zf:
         pkls = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
         if not pkls:
-            _fail(f"a zip archive but no torch file (no data.pkl among {zf.namelist()[:5]})")
+            _fail(f"a zip archive that is no torch file (no data.pkl among {zf.namelist()[:5]})")
         try:
             data = zf.read(pkls[0])
             _walk(data)
@@ -177,7 +178,7 @@ def _check_legacy_torch(f, size: int) -> None:
     except ValueError:
         _fail("a pickle cut short (truncated)", True)
     if not any(op.name.startswith("LONG") and arg == _LEGACY_MAGIC for op, arg, _ in first):
-        _fail("a plain Python pickle, not a torch checkpoint (written with pickle.dump, not torch.save?)")
+        _fail("a plain Python pickle, no torch checkpoint (written with pickle.dump, not torch.save?)")
     try:
         _walk(f)  # protocol version
         _walk(f)  # system info
