@@ -291,3 +291,37 @@ def test_train_and_eval_ckpt_path_empty_or_truncated_names_the_file(tmp_path, ki
         msg = str(e.value)
         assert str(path) in msg and ("empty (0 bytes)" if kind == "empty" else "truncated") in msg, msg
         assert "another checkpoint" in msg and not any(a in msg for a in _TORCH_ADVICE), msg
+
+
+@pytest.mark.parametrize("override,want", [
+    ("trainer.max_epochs=abc", "trainer.max_epochs='abc' is not a whole number"),
+    ("trainer.gradient_clip_val=big", "trainer.gradient_clip_val='big' is not a number"),
+    ("trainer.limit_train_batches=some", "trainer.limit_train_batches='some' is not"),
+])
+def test_trainer_numbers_are_checked_before_the_run(train_cfg, override, want):
+    import train
+
+    with pytest.raises(ValueError, match=want.replace("(", r"\(")) as e:
+        train.train(train_cfg("model=resnet18", "logger=[]", override))
+    assert "configs/trainer" in str(e.value)
+
+
+def test_eval_numbers_are_checked_before_the_run(eval_cfg, tmp_path):
+    import eval as eval_script
+
+    with pytest.raises(ValueError, match="viz.num_images='all' is not a whole number"):
+        eval_script.evaluate(eval_cfg(f"ckpt_path={tmp_path / 'never_read.ckpt'}", "viz.num_images=all"))
+
+
+def test_eval_refuses_weights_whose_classifier_it_would_reinitialise(tmp_path, eval_cfg):
+    """Scoring a random head (top-1 of chance) as if it were the checkpoint's is worse than no answer."""
+    import eval as eval_script
+    import zoo
+
+    weights = tmp_path / "two_classes.pth"
+    torch.save(zoo.create("resnet18", num_classes=2).state_dict(), weights)
+    with pytest.raises(ValueError) as e:
+        eval_script.evaluate(eval_cfg("model=resnet18", f"pretrained={weights}"))
+    msg = str(e.value)
+    assert str(weights) in msg and "fc.weight" in msg and "10 classes" in msg and "train.py" in msg, msg
+    assert not (tmp_path / "eval" / "metrics.json").exists()
