@@ -16,12 +16,14 @@ import zoo
 from zoo.checkpoint import load_checkpoint
 from zoo.train import register_model_configs
 from zoo.train.evaluate import predict, write_report, write_viz
+from zoo.train.utils import EVAL_NUMBERS, check_numbers, refuse_reinitialized_head
 
 register_model_configs()
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Run the evaluation described by ``cfg``; returns the metrics (also in metrics.json)."""
+    check_numbers(cfg, EVAL_NUMBERS, "configs/eval.yaml")
     meta = None
     if cfg.ckpt_path:
         model, meta = load_checkpoint(cfg.ckpt_path, use_ema=cfg.use_ema)
@@ -36,6 +38,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if meta is None:
         model = zoo.create(cfg.model.name, pretrained=cfg.pretrained, num_classes=datamodule.num_classes,
                            **OmegaConf.to_container(cfg.model.kwargs, resolve=True)).eval()
+        refuse_reinitialized_head(model, datamodule.num_classes)  # a fresh head scores chance, not the weights
     elif meta["class_names"] != datamodule.classes:
         raise ValueError(f"The checkpoint was trained on classes {meta['class_names'][:10]}... but "
                          f"{datamodule.root}/{cfg.split} has {datamodule.classes[:10]}...")

@@ -17,12 +17,14 @@ from omegaconf import DictConfig
 
 from zoo import resolve_pretrained_cfg
 from zoo.train import read_zoo_checkpoint, register_model_configs, resolve_precision
+from zoo.train.utils import TRAIN_NUMBERS, check_numbers
 
 register_model_configs()
 
 
 def train(cfg: DictConfig, callbacks: list | tuple = ()) -> dict:
     """Run one training job described by ``cfg`` (plus extra ``callbacks``); returns summary.json's content."""
+    check_numbers(cfg, TRAIN_NUMBERS, "configs/trainer/<name>.yaml")  # before Lightning compares 'abc' to an int
     L.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.paths.output_dir)
 

@@ -204,3 +204,124 @@ def test_resume_without_ema_restarts_it_from_the_trained_weights(tmp_path):
     with pytest.warns(UserWarning, match="no EMA weights.*restarts"):
         restore_ema(ema, read_checkpoint(tmp_path / "noema.ckpt").raw)
     assert torch.equal(ema.module.fc.weight, model.fc.weight)
+
+
+# --- unreadable files: the error names the file, says what it is and what to do -----------------
+# torch's own advice on a failed weights_only load; zoo never unpickles code, so it must never pass it on
+_TORCH_ADVICE = ("weights_only", "likely succeed", "safe_globals", "arbitrary code")
+
+
+def _unreadable(tmp_path, kind):
+    sd = {k: v.contiguous() for k, v in Net().state_dict().items()}
+    path = tmp_path / ("w.safetensors" if kind.startswith("st_") else "w.pth")
+    if kind == "text":
+        path.write_text("hello world, this is not a checkpoint\n" * 3)
+    elif kind == "text_c":  # 'c' is pickle's GLOBAL opcode: torch reads "config: ..." as code to import
+        path.write_text("config: resnet18\nclasses: 10\n")
+    elif kind == "html":
+        path.write_bytes(b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body></body></html>\n")
+    elif kind == "binary":
+        path.write_bytes(bytes(range(256)) * 4)
+    elif kind in ("zip_cut", "legacy_cut"):
+        torch.save(sd, path, _use_new_zipfile_serialization=kind == "zip_cut")
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "st_cut":
+        save_file(sd, str(path))
+        path.write_bytes(path.read_bytes()[:-10])
+    elif kind == "st_text":
+        path.write_text("not safetensors at all")
+    return path
+
+
+@pytest.mark.parametrize("kind,want", [
+    ("text", "text ('hello world"), ("text_c", "text ('config: resnet18"), ("html", "HTML page titled '404 Not Found'"),
+    ("binary", "binary data"), ("zip_cut", "truncated"), ("legacy_cut", "truncated"), ("st_cut", "truncated"),
+    ("st_text", "not safetensors"),
+])
+def test_unreadable_file_errors_say_what_the_file_is(tmp_path, kind, want):
+    from zoo.checkpoint import read_checkpoint
+
+    path = _unreadable(tmp_path, kind)
+    readers = [read_state_dict] + ([] if kind.startswith("st_") else [read_checkpoint])  # a .safetensors is no train.py file
+    for read in readers:
+        with pytest.raises(ValueError) as e:  # not UnsafeCheckpointError (a RuntimeError): nothing here is code
+            read(path)
+        msg = str(e.value)
+        assert str(path) in msg and want in msg, msg
+        assert not any(a in msg for a in _TORCH_ADVICE), msg
+        assert "101" not in msg and "KeyError" not in msg, msg
+    if read_checkpoint in readers:  # "cut short" advice only where the file was cut short
+        assert ("another checkpoint of the run" in msg) == (kind.endswith("_cut")), msg
+
+
+def test_refused_pickle_says_what_it_would_run_and_never_suggests_weights_only_false(tmp_path):
+    evil = tmp_path / "evil.pth"
+    torch.save({"w": torch.zeros(1), "x": _Evil()}, evil)
+    with pytest.raises(UnsafeCheckpointError) as e:
+        read_state_dict(evil)
+    msg = str(e.value)
+    assert str(evil) in msg and "system" in msg and "not executed" in msg, msg
+    assert not any(a in msg for a in _TORCH_ADVICE), msg
+    raw = tmp_path / "raw.pth"  # tensors pickled with pickle.dump: torch rebuilds them by running code too
+    raw.write_bytes(__import__("pickle").dumps({"w": torch.zeros(2)}, protocol=2))
+    with pytest.raises(UnsafeCheckpointError) as e:
+        read_state_dict(raw)
+    msg = str(e.value)
+    assert str(raw) in msg and "pickle.dump" in msg and "torch.save" in msg, msg
+    assert not any(a in msg for a in _TORCH_ADVICE), msg
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated"])
+def test_train_and_eval_ckpt_path_empty_or_truncated_names_the_file(tmp_path, kind, train_cfg, eval_cfg):
+    import eval as eval_script
+    import train
+    from zoo.checkpoint import CheckpointError
+
+    path = tmp_path / "last.ckpt"
+    if kind == "empty":
+        path.write_bytes(b"")
+    else:
+        _train_ckpt(path)
+        path.write_bytes(path.read_bytes()[:5000])
+    runs = (lambda: train.train(train_cfg("model=resnet18", "logger=[]", f"ckpt_path={path}")),
+            lambda: eval_script.evaluate(eval_cfg(f"ckpt_path={path}")))
+    for run in runs:
+        with pytest.raises(CheckpointError) as e:
+            run()
+        msg = str(e.value)
+        assert str(path) in msg and ("empty (0 bytes)" if kind == "empty" else "truncated") in msg, msg
+        assert "another checkpoint" in msg and not any(a in msg for a in _TORCH_ADVICE), msg
+
+
+@pytest.mark.parametrize("override,want", [
+    ("trainer.max_epochs=abc", "trainer.max_epochs='abc' is not a whole number"),
+    ("trainer.gradient_clip_val=big", "trainer.gradient_clip_val='big' is not a number"),
+    ("trainer.limit_train_batches=some", "trainer.limit_train_batches='some' is not"),
+])
+def test_trainer_numbers_are_checked_before_the_run(train_cfg, override, want):
+    import train
+
+    with pytest.raises(ValueError, match=want.replace("(", r"\(")) as e:
+        train.train(train_cfg("model=resnet18", "logger=[]", override))
+    assert "configs/trainer" in str(e.value)
+
+
+def test_eval_numbers_are_checked_before_the_run(eval_cfg, tmp_path):
+    import eval as eval_script
+
+    with pytest.raises(ValueError, match="viz.num_images='all' is not a whole number"):
+        eval_script.evaluate(eval_cfg(f"ckpt_path={tmp_path / 'never_read.ckpt'}", "viz.num_images=all"))
+
+
+def test_eval_refuses_weights_whose_classifier_it_would_reinitialise(tmp_path, eval_cfg):
+    """Scoring a random head (top-1 of chance) as if it were the checkpoint's is worse than no answer."""
+    import eval as eval_script
+    import zoo
+
+    weights = tmp_path / "two_classes.pth"
+    torch.save(zoo.create("resnet18", num_classes=2).state_dict(), weights)
+    with pytest.raises(ValueError) as e:
+        eval_script.evaluate(eval_cfg("model=resnet18", f"pretrained={weights}"))
+    msg = str(e.value)
+    assert str(weights) in msg and "fc.weight" in msg and "10 classes" in msg and "train.py" in msg, msg
+    assert not (tmp_path / "eval" / "metrics.json").exists()

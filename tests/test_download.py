@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import io
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -11,12 +14,26 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save as save_safetensors
 
 from zoo.weights import download as dl
 from zoo.weights.__main__ import main as cli
 
-BODY = os.urandom(300_000)
+
+def _torch_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+# Served files are real checkpoints (random weights, so every run hashes differently): a file
+# without a published hash must prove it is readable before it is cached.
+BODY = save_safetensors({"w": torch.randn(75_000)})
 SHA = hashlib.sha256(BODY).hexdigest()
+ZIP_BODY = _torch_bytes({"w": torch.randn(75_000)})
+QUERY_BODIES = {"f=a": save_safetensors({"a": torch.randn(100)}), "f=b": save_safetensors({"b": torch.randn(100)})}
+HTML = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Please log in</body></html>\n"
 # Flip the last byte (not "replace it by x": 1 random body in 256 already ends in x).
 CORRUPT = BODY[:-1] + bytes([BODY[-1] ^ 0xFF])
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -24,7 +41,10 @@ HF_URL = "https://huggingface.co/timm/resnet18.a1_in1k/resolve/main/model.safete
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Behaviour by path: /ok, /404, /flaky (500 once, then ok), /stall, /truncate, /corrupt, /slow."""
+    """Behaviour by path: /ok, /404, /flaky (500 once, then ok), /stall, /truncate, /corrupt, /slow,
+    /nolen (half a torch file, no Content-Length), /html (an error page with status 200), /query
+    (the body the query names), /trickle (a byte every 50 ms), /hang (headers and a little body, then
+    nothing, on the first request only)."""
 
     hits: dict[str, int] = {}
     lock = threading.Lock()
@@ -53,11 +73,46 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(BODY)))
         self.end_headers()
 
+    def _trickle(self, body: bytes, every: float, limit: float):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        end = time.monotonic() + limit
+        try:
+            for i in range(len(body)):
+                if time.monotonic() > end:
+                    break
+                self.wfile.write(body[i:i + 1])
+                self.wfile.flush()
+                time.sleep(every)
+        except OSError:  # the client gave up
+            pass
+        self.close_connection = True
+
     def do_GET(self):
         with self.lock:
             n = self.hits[self.path] = self.hits.get(self.path, 0) + 1
         kind = self.path.split("/")[1]
-        if kind == "404":
+        if kind == "nolen":  # HTTP/1.0 without Content-Length: the body ends where the connection does
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            self.wfile.write(ZIP_BODY[: len(ZIP_BODY) // 2])
+            self.close_connection = True
+        elif kind == "html":
+            body = HTML
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif kind == "query":
+            self._send(QUERY_BODIES[self.path.split("?", 1)[1]])
+        elif kind == "trickle":
+            self._trickle(BODY[:400], every=0.05, limit=8.0)
+        elif kind == "hang" and n == 1:
+            self._trickle(BODY, every=0.2, limit=20.0)
+        elif kind == "404":
             self.send_error(404)
         elif kind == "flaky" and n == 1:
             self.send_error(500)
@@ -95,7 +150,8 @@ def zoo_home(tmp_path, monkeypatch):
     # The user's own Hugging Face and torch.hub caches stay out of the tests.
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    for var in ("ZOO_OFFLINE", "ZOO_MIRROR", "ZOO_DOWNLOAD_RETRIES", "ZOO_DOWNLOAD_TIMEOUT", "HF_HUB_CACHE",
+    for var in ("ZOO_OFFLINE", "ZOO_MIRROR", "ZOO_DOWNLOAD_RETRIES", "ZOO_DOWNLOAD_TIMEOUT",
+                "ZOO_DOWNLOAD_DEADLINE", "HF_HUB_CACHE",
                 "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE", "HF_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
     return home
@@ -229,10 +285,15 @@ def test_verify_cache_and_cli(server, zoo_home, capsys):
     assert "mismatch" in capsys.readouterr().out
 
 
-_CHILD = """
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("zoo_download", sys.argv[1])
-mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+# Children load zoo/weights/download.py (stdlib only, with its sibling formats.py) as a package of its
+# own, without zoo/__init__.py and torch, so they start fast.
+_LOAD = """
+import importlib, os, sys, types
+pkg = types.ModuleType("zoo_weights"); pkg.__path__ = [os.path.dirname(sys.argv[1])]
+sys.modules["zoo_weights"] = pkg
+mod = importlib.import_module("zoo_weights.download")
+"""
+_CHILD = _LOAD + """
 p = mod.download(sys.argv[2], sha256=sys.argv[3], progress=False, retries=1, timeout=10)
 print(p)
 """
@@ -242,7 +303,6 @@ def test_two_processes_download_once(server, zoo_home):
     """DDP ranks asking at once: one request served, both get the complete file."""
     base, hits = server
     url = f"{base}/slow/shared.pth"
-    # Load download.py on its own (stdlib only) so the children start fast.
     cmd = [sys.executable, "-c", _CHILD, dl.__file__, url, SHA]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
              for _ in range(2)]
@@ -400,3 +460,186 @@ def test_two_processes_fetch_an_hf_file_once(server, zoo_home):
     assert len({o[0].strip() for o in outs}) == 1
     assert _file_requests(hits) == {"HEAD /timm/slow_model/resolve/main/model.safetensors": 1,
                     "/timm/slow_model/resolve/main/model.safetensors": 1}
+
+
+# --- nothing bad is cached; query strings; deadline; killed downloads; read-only caches ---------
+def test_truncated_body_without_content_length_is_not_cached(server, zoo_home):
+    """No Content-Length and no published hash: only the file's own structure shows it was cut short."""
+    base, hits = server
+    url = f"{base}/nolen/w.pth"
+    with pytest.raises(dl.DownloadError) as e:
+        dl.download(url, **FAST)
+    msg = str(e.value)
+    assert url in msg and "truncated" in msg
+    assert "HTTP 200" in msg and "application/octet-stream" in msg and f"{len(ZIP_BODY) // 2} bytes" in msg
+    assert hits["/nolen/w.pth"] == 3  # a transfer cut short is worth retrying
+    assert _leftovers(zoo_home) == []
+    with pytest.raises(dl.DownloadError):  # nothing was cached: the next call asks the server again
+        dl.download(url, **FAST)
+    assert hits["/nolen/w.pth"] == 6
+
+
+def test_html_error_page_served_with_200_is_not_cached(server, zoo_home):
+    base, hits = server
+    url = f"{base}/html/model.safetensors"
+    with pytest.raises(dl.DownloadError) as e:
+        dl.download(url, **FAST)
+    msg = str(e.value)
+    assert url in msg and "HTML" in msg and "Sign in" in msg
+    assert "HTTP 200" in msg and "text/html" in msg and f"{len(HTML)} bytes" in msg
+    assert hits["/html/model.safetensors"] == 1  # the server answered; asking again would get the same page
+    assert _leftovers(zoo_home) == []
+    with pytest.raises(dl.DownloadError):
+        dl.download(url, **FAST)
+    assert hits["/html/model.safetensors"] == 2
+
+
+def test_torch_zip_without_hash_is_checked_and_cached(server, zoo_home, monkeypatch):
+    base, hits = server
+    # /ok serves BODY: make it a complete torch zip archive (a .pth as torch.save writes it)
+    monkeypatch.setattr(sys.modules[__name__], "BODY", ZIP_BODY)
+    path = dl.download(f"{base}/ok/z.pth", **FAST)
+    assert path.read_bytes() == ZIP_BODY and path.with_name("z.pth.sha256").is_file()
+
+
+def test_unreadable_file_already_cached_is_fetched_again_and_flagged_by_verify(server, zoo_home, capsys):
+    """A cache poisoned before this check existed heals itself; verify does not call it ok."""
+    base, hits = server
+    url = f"{base}/ok/w.pth"
+    path = dl.cache_path(url)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(HTML)
+    path.with_name("w.pth.sha256").write_text(f"{hashlib.sha256(HTML).hexdigest()}  w.pth\n")
+    assert cli(["verify"]) == 1
+    out = capsys.readouterr().out
+    assert "unreadable" in out and "HTML" in out
+    assert dl.download(url, **FAST).read_bytes() == BODY and hits == {"/ok/w.pth": 1}
+    assert cli(["verify"]) == 0
+
+
+def test_query_string_is_part_of_the_cache_key(server, zoo_home, tmp_path):
+    base, hits = server
+    # torch.hub names files by the URL path alone: a file there cannot stand for one query
+    th = tmp_path / "torch_home" / "hub" / "checkpoints" / "q"
+    th.parent.mkdir(parents=True)
+    th.write_bytes(BODY)
+    a = dl.download(f"{base}/query/q?f=a", **FAST)
+    b = dl.download(f"{base}/query/q?f=b", **FAST)
+    assert a != b and th not in (a, b)
+    assert a.read_bytes() == QUERY_BODIES["f=a"] and b.read_bytes() == QUERY_BODIES["f=b"]
+    assert dl.download(f"{base}/query/q?f=a", **FAST) == a
+    assert hits == {"/query/q?f=a": 1, "/query/q?f=b": 1}
+    # the name keeps its suffix (safetensors are recognised by it) and shows the query
+    p = dl.cache_path("https://example.org/m/model.safetensors?download=true")
+    assert p.suffix == ".safetensors" and "download=true" in p.name
+    assert p != dl.cache_path("https://example.org/m/model.safetensors")
+    assert dl.cache_path("https://example.org/m/x?a=1&b=2") != dl.cache_path("https://example.org/m/x?a=1_b=2")
+
+
+def test_trickling_body_is_cut_by_the_total_deadline(server, zoo_home, monkeypatch):
+    """Each read arrives within the socket timeout, so only a deadline on the whole transfer ends it."""
+    base, hits = server
+    monkeypatch.setenv("ZOO_DOWNLOAD_DEADLINE", "1")
+    with pytest.raises(dl.DownloadError, match="deadline") as e:
+        dl.download(f"{base}/trickle/w.pth", sha256=SHA, **FAST)
+    assert "ZOO_DOWNLOAD_DEADLINE" in str(e.value) and "of 400 bytes" in str(e.value)
+    assert hits["/trickle/w.pth"] == 1  # a retry would only repeat it
+    monkeypatch.delenv("ZOO_DOWNLOAD_DEADLINE")
+    with pytest.raises(dl.DownloadError, match="deadline"):
+        dl.download(f"{base}/trickle/x.pth", deadline=0.5, **FAST)
+    assert hits["/trickle/x.pth"] == 1
+    assert _leftovers(zoo_home) == []
+
+
+def _downloading_child(url: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", _CHILD, dl.__file__, url, SHA]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+
+
+def _wait_for_part(home: Path, proc: subprocess.Popen) -> list[Path]:
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        parts = list(home.rglob("*.part"))
+        if parts:
+            return parts
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    pytest.fail("the child never started writing")
+
+
+def test_sigterm_during_download_leaves_no_part_file(server, zoo_home):
+    base, _ = server
+    proc = _downloading_child(f"{base}/hang/w.pth")
+    _wait_for_part(zoo_home, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGTERM, err  # still dies of the signal, as without zoo
+    assert list(zoo_home.rglob("*.part")) == []
+
+
+def test_part_file_of_a_killed_download_is_cleaned_by_the_next(server, zoo_home):
+    base, hits = server
+    url = f"{base}/hang/w.pth"
+    proc = _downloading_child(url)
+    stale = _wait_for_part(zoo_home, proc)
+    proc.kill()  # SIGKILL: nothing runs, the .part stays
+    proc.communicate(timeout=30)
+    assert all(p.exists() for p in stale)
+    assert dl.download(url, sha256=SHA, **FAST).read_bytes() == BODY and hits["/hang/w.pth"] == 2
+    assert list(zoo_home.rglob("*.part")) == []
+
+
+_RO_CHILD = _LOAD + """
+try:
+    mod.download(sys.argv[2], progress=False, retries=1, timeout=5)
+except mod.DownloadError as e:
+    print("DownloadError:", e)
+"""
+
+
+def _no_root_override() -> list[str] | None:
+    """A command prefix running a child without root's permission override (tests run as root)."""
+    if os.geteuid() != 0:
+        return []
+    cmd = [shutil.which("setpriv") or "setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+    try:
+        ok = subprocess.run([*cmd, "true"], capture_output=True).returncode == 0
+    except OSError:
+        ok = False
+    return cmd if ok else None
+
+
+def test_read_only_cache_gives_a_clear_error(server, zoo_home, monkeypatch):
+    base, hits = server
+    in_folder = f"{base}/ok/w.pth"  # its folder exists: the lock file cannot be created
+    new_folder = f"{base}/ok/new/w.pth"  # its folder cannot be created
+    dl.cache_path(in_folder).parent.mkdir(parents=True)
+    dirs = [zoo_home, *(p for p in zoo_home.rglob("*") if p.is_dir())]
+    prefix = _no_root_override()
+    for d in dirs:
+        d.chmod(0o555)
+    try:
+        for url in (in_folder, new_folder):
+            if prefix is not None:
+                res = subprocess.run([*prefix, sys.executable, "-c", _RO_CHILD, dl.__file__, url],
+                                     capture_output=True, text=True, env=os.environ.copy(), timeout=60)
+                out = res.stdout + res.stderr
+            else:  # root without setpriv: make the cache refuse writes by hand
+                def refuse(*args, **kwargs):
+                    raise PermissionError(13, "Permission denied", str(args[0]))
+
+                with monkeypatch.context() as m:
+                    m.setattr(dl, "open", lambda f, mode="r", *a, **k: refuse(f) if "r" != mode[:1] else open(f, mode, *a, **k),
+                              raising=False)
+                    m.setattr(Path, "mkdir", lambda self, *a, **k: refuse(self))
+                    try:
+                        dl.download(url, **FAST)
+                        out = ""
+                    except dl.DownloadError as e:
+                        out = f"DownloadError: {e}"
+            assert out.startswith("DownloadError:") and "Traceback" not in out, out
+            assert "not writable" in out and str(zoo_home) in out and "ZOO_HOME" in out, out
+    finally:
+        for d in dirs:
+            d.chmod(0o755)
+    assert hits == {}  # nothing was fetched that could not be kept

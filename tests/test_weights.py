@@ -405,3 +405,28 @@ def test_torchvision_file_in_torch_hub_cache_is_loaded_without_download(tmp_path
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x))
+
+
+def test_pretrained_url_serving_an_error_page_is_not_cached(tmp_path, monkeypatch):
+    """An uncatalogued URL (no hash to check) that answers with an HTML page: a clear error, nothing
+    cached, and the next call fetches again once the real file is there."""
+    from zoo.weights import download as dl
+
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    for var in ("ZOO_OFFLINE", "ZOO_MIRROR"):
+        monkeypatch.delenv(var, raising=False)
+    served = tmp_path / "server" / "models" / "resnet18-custom.pth"
+    served.parent.mkdir(parents=True)
+    served.write_bytes(b"<!DOCTYPE html><html><head><title>Access denied</title></head><body></body></html>")
+    url = served.as_uri()
+    with pytest.raises(dl.UnreadableDownloadError, match="HTML page titled 'Access denied'"):
+        zoo.create("resnet18", pretrained=url)
+    assert not dl.cache_path(url).exists()
+    ref = zoo.create("resnet18").eval()
+    torch.save(ref.state_dict(), served)
+    model = zoo.create("resnet18", pretrained=url).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x))

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .weights.formats import NotACheckpointError
 from .weights.io import _looks_like_safetensors, load_torch_file
 
 __all__ = ["CheckpointError", "TrainCheckpoint", "read_checkpoint", "validate", "check_matches", "load_checkpoint"]
@@ -122,9 +123,12 @@ def read_checkpoint(path: str | os.PathLike) -> TrainCheckpoint:
                               "pass it as pretrained=<path> to start from its weights.")
     try:
         ckpt = load_torch_file(p)
-    except ValueError as e:
-        raise CheckpointError(f"{e} Use another checkpoint of the run (best-*.ckpt, or an earlier step's); "
-                              "a copy cut short (disk full, killed while saving) looks like this.") from None
+    except NotACheckpointError as e:
+        if e.truncated:
+            raise CheckpointError(f"Checkpoint {src} is not readable: it is {e.reason}. Use another checkpoint of "
+                                  "the run (best-*.ckpt, or an earlier step's); a copy cut short (disk full, "
+                                  "killed while saving) looks like this.") from None
+        raise CheckpointError(f"Checkpoint {src} is not a torch file: it is {e.reason}; {_WHERE}.") from None
     meta = validate(ckpt, src)
     return TrainCheckpoint(str(p), meta, ckpt)
 

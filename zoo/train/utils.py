@@ -8,7 +8,8 @@ import torch
 
 from ..checkpoint import read_checkpoint as read_zoo_checkpoint  # the one reader; name kept for train.py
 
-__all__ = ["resolve_precision", "bf16_fast", "register_model_configs", "model_family", "read_zoo_checkpoint"]
+__all__ = ["resolve_precision", "bf16_fast", "register_model_configs", "model_family", "read_zoo_checkpoint",
+           "check_numbers", "TRAIN_NUMBERS", "EVAL_NUMBERS", "refuse_reinitialized_head"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 MODEL_TARGET = "zoo.train.build_model"  # what every model node instantiates
@@ -67,3 +68,69 @@ def register_model_configs() -> list[str]:
         cs.store(group="model", name=name, node={"defaults": [*defaults, "_self_"], "_target_": MODEL_TARGET,
                                                    "name": name, "num_classes": None, "kwargs": {}})
     return names
+
+
+# Config values that must be numbers, checked before anything runs: Lightning would otherwise fail deep
+# inside Trainer.__init__ with "'>' not supported between instances of 'int' and 'str'". "int": a whole
+# number; "float": any number; "batches": a number of batches (int) or a fraction of them (float).
+TRAIN_NUMBERS = {
+    "seed": "int",
+    **{f"trainer.{k}": "int" for k in ("max_epochs", "min_epochs", "max_steps", "min_steps", "num_nodes",
+                                       "accumulate_grad_batches", "check_val_every_n_epoch", "log_every_n_steps",
+                                       "num_sanity_val_steps")},
+    "trainer.gradient_clip_val": "float",
+    **{f"trainer.{k}": "batches" for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches",
+                                           "limit_predict_batches", "val_check_interval", "overfit_batches")},
+}
+EVAL_NUMBERS = {"seed": "int", "viz.num_images": "int"}
+_KIND = {"int": ("a whole number", "10"), "float": ("a number", "1.0"),
+         "batches": ("a number of batches (10) or a fraction of them (0.25)", "10")}
+
+
+def check_numbers(cfg, keys: dict[str, str], source: str) -> None:
+    """Raise a ``ValueError`` naming the key, its value and the fix when a number in ``cfg`` is not one.
+
+    Args:
+        cfg: the composed config (an OmegaConf DictConfig or a dict).
+        keys: dotted key -> ``"int"``, ``"float"`` or ``"batches"`` (see :data:`TRAIN_NUMBERS`); absent or
+            null keys are skipped.
+        source: where the value is set, for the message (``"configs/trainer/<name>.yaml"``).
+    """
+    from omegaconf import OmegaConf
+
+    for key, kind in keys.items():
+        value = OmegaConf.select(cfg, key, default=None) if not isinstance(cfg, dict) else _select(cfg, key)
+        if value is None:
+            continue
+        ok = {"int": (int,), "float": (int, float), "batches": (int, float)}[kind]
+        if isinstance(value, bool) or not isinstance(value, ok):
+            what, example = _KIND[kind]
+            raise ValueError(f"{key}={value!r} is not {what}. Set it on the command line ({key}={example}) or in "
+                             f"{source}.")
+
+
+def _select(d: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def refuse_reinitialized_head(model, num_classes: int) -> None:
+    """Refuse to evaluate weights whose classifier had to be re-initialised: its scores would be chance.
+
+    Raises:
+        ValueError: naming the weights, the classifier's shapes and the two ways out.
+    """
+    report = getattr(model, "load_report", None)
+    if report is None or not report.reinitialized:
+        return
+    shapes = ", ".join(report.classifier_mismatch) or ", ".join(report.reinitialized)
+    raise ValueError(
+        f"pretrained={report.source}: its classifier does not fit the {num_classes} classes of this dataset "
+        f"(checkpoint vs model: {shapes}), so it would be evaluated with a freshly initialised head, at chance. "
+        "Evaluate it on data with the classes it was trained for, or fine-tune it first (python train.py "
+        "model=<name> pretrained=<weights> data=<this data>) and evaluate that run (eval.py ckpt_path=<run>/"
+        "checkpoints/last.ckpt)."
+    )

@@ -1,6 +1,7 @@
 """Checkpoint reading, layout conversion and loading, the weight catalog, safe downloads, retrofit."""
 from .catalog import PretrainedCfg, class_names, list_pretrained, pretrained_cfg
-from .download import DownloadError, HashMismatchError, OfflineError, cache_dir
+from .download import DownloadError, HashMismatchError, OfflineError, UnreadableDownloadError, cache_dir
+from .formats import NotACheckpointError
 from .io import UnsafeCheckpointError, read_state_dict, unwrap_state_dict
 from .loading import (
     CheckpointMismatchError,
@@ -24,7 +25,9 @@ __all__ = [
     "DownloadError",
     "HashMismatchError",
     "OfflineError",
+    "UnreadableDownloadError",
     "cache_dir",
+    "NotACheckpointError",
     "UnsafeCheckpointError",
     "read_state_dict",
     "unwrap_state_dict",

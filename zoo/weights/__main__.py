@@ -3,7 +3,8 @@
     python -m zoo.weights list 'swin*'        # key, layout, top-1, cached?
     python -m zoo.weights info resnet50       # every field of the default entry (or of arch.tag)
     python -m zoo.weights download resnet50   # fetch into the cache (ZOO_HOME), checking sha256
-    python -m zoo.weights verify              # re-hash every cached file; exit 1 on a mismatch
+    python -m zoo.weights verify              # re-hash every cached file; exit 1 on a mismatch or
+                                              # a file that is no readable checkpoint
 """
 from __future__ import annotations
 
@@ -66,12 +67,14 @@ def _cmd_verify(pattern: str) -> int:
     results = verify_cache(known=known)
     if pattern != "*":
         results = [r for r in results if str(r[0]) in known]
-    bad = 0
+    count = {"mismatch": 0, "unreadable": 0}
     for path, status, detail in results:
-        bad += status == "mismatch"
-        print(f"{status:<10} {path}" + (f"\n           {detail}" if status == "mismatch" else ""))
-    print(f"{len(results)} files checked in {cache_dir()}, {bad} mismatched", file=sys.stderr)
-    return 1 if bad else 0
+        failed = status in count
+        count[status] = count.get(status, 0) + 1
+        print(f"{status:<10} {path}" + (f"\n           {detail}" if failed else ""))
+    print(f"{len(results)} files checked in {cache_dir()}, {count['mismatch']} mismatched, "
+          f"{count['unreadable']} unreadable", file=sys.stderr)
+    return 1 if count["mismatch"] or count["unreadable"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:

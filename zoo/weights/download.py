@@ -9,7 +9,9 @@ Environment:
         Any URL urllib reads works (``http://host/prefix``, ``file:///shared/weights``), so a mirror is
         just a copy of ``<root>/checkpoints`` served or mounted somewhere.
     ZOO_DOWNLOAD_RETRIES, ZOO_DOWNLOAD_TIMEOUT: attempts for transient failures (default 4) and the
-        socket timeout in seconds (default 30).
+        socket timeout in seconds (default 30), which bounds each read.
+    ZOO_DOWNLOAD_DEADLINE: seconds one download may take in all, retries included (default 3600;
+        0: none), so a server trickling bytes cannot hold a run forever.
 
 Caches users already have are used as they are, without a second download or a copy:
 
@@ -24,25 +26,38 @@ Caches users already have are used as they are, without a second download or a c
 Such files are hash-checked on every use like the zoo's own: against the catalog's digest, else the
 hub's LFS sha256 (the blob's name), else the digest recorded beside ``cache_path(url)`` at first use.
 
-Every download goes to a temporary file beside its destination and is renamed into place only when
-complete and verified, under an ``fcntl`` lock on ``<file>.lock``: several processes asking for the
-same file at once (DDP ranks) download it once, and nobody sees a half-written file.
+A URL's query string is part of its file name (``q?f=a`` -> ``q@f=a-<hash>``), so two queries are two files.
+
+Every download goes to a temporary ``<file>.<pid>.part`` beside its destination and is renamed into
+place only when complete and verified, under an ``fcntl`` lock on ``<file>.lock``: several processes
+asking for the same file at once (DDP ranks) download it once, and nobody sees a half-written file.
+A file without a published sha256 must also prove readable as what it claims to be
+(:func:`zoo.weights.formats.check_file`: a complete safetensors file or torch archive) before it is
+kept: an HTML error page served with status 200, or a body cut short without a Content-Length, is
+deleted and reported with what the server sent. SIGTERM during a transfer removes its ``.part``;
+one left by SIGKILL is removed by the next download of that file.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import http.client
 import os
 import re
+import signal
 import socket
 import ssl
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+from .formats import NotACheckpointError, check_file
 
 try:
     import fcntl
@@ -53,6 +68,7 @@ __all__ = [
     "DownloadError",
     "HashMismatchError",
     "OfflineError",
+    "UnreadableDownloadError",
     "cache_dir",
     "cache_path",
     "find_cached",
@@ -81,6 +97,10 @@ class OfflineError(DownloadError):
     """ZOO_OFFLINE is set and the file is not in the cache."""
 
 
+class UnreadableDownloadError(DownloadError):
+    """The server sent something that is not the checkpoint (an HTML page, a body cut short); not cached."""
+
+
 def cache_dir() -> Path:
     """Cache root: ``$ZOO_HOME``, else ``$XDG_CACHE_HOME/zoo``, else ``~/.cache/zoo``."""
     if os.environ.get("ZOO_HOME"):
@@ -89,13 +109,26 @@ def cache_dir() -> Path:
     return Path(xdg) / "zoo"
 
 
+def _safe(part: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+=@-]", "_", part)
+
+
 def _url_relpath(url: str) -> str:
-    """``host/path`` of a URL, made safe as a relative file path (no ``..``, no query)."""
+    """``host/path`` of a URL, made safe as a relative file path (no ``..``).
+
+    A query selects another file (``.../q?f=a`` and ``.../q?f=b``), so it joins the file name, before
+    its suffix (which tells the reader the format): ``model.safetensors?x=1`` -> ``model@x=1-<hash>.safetensors``;
+    the hash of the raw query keeps queries apart that read alike once made safe.
+    """
     u = urllib.parse.urlsplit(url)
     parts = [p for p in (u.netloc + "/" + urllib.parse.unquote(u.path)).split("/") if p not in ("", ".", "..")]
-    parts = [re.sub(r"[^A-Za-z0-9._+=@-]", "_", p) for p in parts]
+    parts = [_safe(p) for p in parts]
     if len(parts) < 2:
         raise ValueError(f"Cannot derive a cache file name from URL {url!r}.")
+    if u.query:
+        stem, suffix = os.path.splitext(parts[-1])
+        tag = hashlib.sha256(u.query.encode()).hexdigest()[:8]
+        parts[-1] = f"{stem}@{_safe(urllib.parse.unquote(u.query))[:64]}-{tag}{suffix}"
     return "/".join(parts)
 
 
@@ -165,9 +198,11 @@ def _hf_cached(url: str) -> Path | None:
 
 
 def _torch_hub_path(url: str) -> Path | None:
-    # torch.hub.load_state_dict_from_url names the file by the URL path's last part, as here.
-    name = os.path.basename(urllib.parse.urlsplit(url).path)
-    return torch_hub_dir() / "checkpoints" / name if name and _hf_parts(url) is None else None
+    # torch.hub.load_state_dict_from_url names the file by the URL path's last part, as here; it drops
+    # the query, so its file cannot stand for a URL with one.
+    u = urllib.parse.urlsplit(url)
+    name = os.path.basename(u.path)
+    return torch_hub_dir() / "checkpoints" / name if name and not u.query and _hf_parts(url) is None else None
 
 
 def _shared_copy(url: str) -> Path | None:
@@ -197,6 +232,17 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def _remove(*paths: Path) -> bool:
+    """Delete cache files; False when the cache does not allow it (read-only)."""
+    ok = True
+    for p in paths:
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:
+            ok = False
+    return ok
+
+
 def verify_file(path: str | os.PathLike, sha256: str | None = None, url: str | None = None, *, remove: bool = False) -> str:
     """Check a cached file against ``sha256`` (full or prefix) or the digest recorded beside it.
 
@@ -214,16 +260,31 @@ def verify_file(path: str | os.PathLike, sha256: str | None = None, url: str | N
     expected = sha256 or (_sidecar(path).read_text().split()[0] if _sidecar(path).is_file() else None)
     if expected and not actual.startswith(expected.lower()):
         origin = "the catalog" if sha256 else f"{_sidecar(path)} (recorded at first download)"
-        if remove:
-            path.unlink(missing_ok=True)
-            _sidecar(path).unlink(missing_ok=True)
+        removed = remove and _remove(path, _sidecar(path))
         raise HashMismatchError(
             f"{path}: sha256 {actual} does not match {expected} from {origin}"
             + (f" (source {url})" if url else "")
-            + (". The corrupt file was deleted; try again to re-download it." if remove
+            + (". The corrupt file was deleted; try again to re-download it." if removed
                else ". The file is corrupt or was replaced: delete it and download again.")
         )
     return actual
+
+
+def _readable(path: Path, url: str, *, remove: bool) -> bool:
+    """Whether a file in zoo's cache that no published hash vouches for is a checkpoint (headers only).
+
+    One that is not (an error page cached before downloads were checked) is deleted with its recorded
+    digest when ``remove``, so the caller downloads it again; otherwise it is an error.
+    """
+    try:
+        check_file(path, claimed=path.name, full=False)
+        return True
+    except NotACheckpointError as e:
+        what = f"{path} (from {url}) is not a readable checkpoint: {e.reason}"
+        if not (remove and _remove(path, _sidecar(path))):
+            raise UnreadableDownloadError(f"{what}. Delete it and download it again.") from None
+        print(f"zoo: {what}; deleted it, downloading it again", file=sys.stderr)
+        return False
 
 
 def _verify_shared(path: Path, url: str, sha256: str | None) -> Path:
@@ -233,6 +294,7 @@ def _verify_shared(path: Path, url: str, sha256: str | None) -> Path:
     blob = Path(os.path.realpath(path)).name
     if not expected and re.fullmatch(r"[0-9a-f]{64}", blob):  # hub blobs of LFS files are named by sha256
         expected, origin = blob, "the Hugging Face hub (the file's LFS sha256)"
+    published = bool(expected)
     if not expected and side.is_file():
         expected, origin = side.read_text().split()[0], f"{side} (recorded at first use)"
     actual = sha256_file(path)
@@ -241,16 +303,61 @@ def _verify_shared(path: Path, url: str, sha256: str | None) -> Path:
             f"{path}: sha256 {actual} does not match {expected} from {origin} (source {url}). The copy in that "
             "shared cache is corrupt or another file of the same name: delete it and try again."
         )
+    if not published:  # only a digest recorded here, or none: the file must show it is a checkpoint
+        try:
+            check_file(path, claimed=path.name, full=not expected)
+        except NotACheckpointError as e:
+            raise UnreadableDownloadError(f"{path} (used for {url}) is not a readable checkpoint: {e.reason}. "
+                                          "It is in another tool's cache: delete it and try again.") from None
     if not expected:
-        side.parent.mkdir(parents=True, exist_ok=True)
         tmp = side.with_name(f"{side.name}.{os.getpid()}.tmp")
-        tmp.write_text(f"{actual}  {path}\n")
-        os.replace(tmp, side)
+        try:
+            side.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(f"{actual}  {path}\n")
+            os.replace(tmp, side)
+        except OSError:  # a read-only zoo cache: nothing recorded, the file is checked again next time
+            _remove(tmp)
     return path
 
 
 class _Transient(Exception):
     """A failure worth retrying (connection reset, 5xx, timeout, short read)."""
+
+
+class _Deadline(Exception):
+    """The whole transfer ran past its deadline; ``info`` is what had arrived (see :func:`_fetch_once`)."""
+
+    def __init__(self, info: dict):
+        super().__init__()
+        self.info = info
+
+
+class _Terminated(BaseException):
+    """SIGTERM during a transfer, raised so that ``finally`` blocks remove the ``.part`` file."""
+
+
+@contextlib.contextmanager
+def _sigterm_cleans_up():
+    """Turn SIGTERM into :class:`_Terminated` while a file is fetched, then die of SIGTERM as the default
+    action would. Only in the main thread (where Python runs handlers) and only over the default
+    action: a handler the program installed is left to do its own job."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def on_term(signum, frame):
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise SystemExit(128 + signal.SIGTERM) from None  # not reached: the default action ends the process
+    finally:
+        if signal.getsignal(signal.SIGTERM) is on_term:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _lock(path: Path):
@@ -279,10 +386,13 @@ def _progress(total: int | None, desc: str, enabled: bool):
                 disable=None if enabled else True, leave=False)
 
 
-def _fetch_once(url: str, tmp: Path, timeout: float, progress: bool) -> int:
+def _fetch_once(url: str, tmp: Path, timeout: float, progress: bool, end: float | None) -> dict:
+    """Fetch ``url`` into ``tmp``; returns what the server sent: ``status``, ``type`` (Content-Type),
+    ``length`` (Content-Length or None), ``got`` (bytes). ``end``: the ``time.monotonic()`` deadline."""
     req = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+    left = None if end is None else end - time.monotonic()
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout)
+        resp = urllib.request.urlopen(req, timeout=timeout if left is None else max(0.01, min(timeout, left)))
     except urllib.error.HTTPError as e:
         if e.code >= 500 or e.code in (408, 429):
             raise _Transient(f"HTTP {e.code} {e.reason}") from None
@@ -298,24 +408,38 @@ def _fetch_once(url: str, tmp: Path, timeout: float, progress: bool) -> int:
     with resp:
         total = resp.headers.get("Content-Length")
         total = int(total) if total and total.isdigit() else None
-        got = 0
+        info = {"status": getattr(resp, "status", None), "type": resp.headers.get("Content-Type"), "length": total,
+                "got": 0}
+        # read1 returns what one socket read brings: a trickling server cannot hold one call for a whole
+        # chunk, so the deadline is checked at least once per ZOO_DOWNLOAD_TIMEOUT.
+        read = getattr(resp, "read1", resp.read)
         try:
             with open(tmp, "wb") as f, _progress(total, tmp.name.split(".")[0], progress) as bar:
                 while True:
-                    block = resp.read(_CHUNK)
+                    block = read(_CHUNK)
                     if not block:
                         break
                     f.write(block)
-                    got += len(block)
+                    info["got"] += len(block)
                     if bar is not None:
                         bar.update(len(block))
+                    if end is not None and time.monotonic() > end:
+                        raise _Deadline(info)
                 f.flush()
                 os.fsync(f.fileno())
         except (TimeoutError, ConnectionError, http.client.IncompleteRead) as e:
-            raise _Transient(f"transfer interrupted after {got} bytes ({type(e).__name__})") from None
-    if total is not None and got != total:
-        raise _Transient(f"incomplete transfer: got {got} of {total} bytes")
-    return got
+            raise _Transient(f"transfer interrupted after {info['got']} bytes ({type(e).__name__})") from None
+    if total is not None and info["got"] != total:
+        raise _Transient(f"incomplete transfer: got {info['got']} of {total} bytes")
+    return info
+
+
+def _sent(info: dict) -> str:
+    """What the server sent, in one phrase: ``HTTP 200 (text/html, 1234 bytes, no Content-Length)``."""
+    parts = [info["type"] or "no Content-Type", f"{info['got']} bytes"]
+    if info["length"] is None:
+        parts.append("no Content-Length")
+    return f"{'HTTP ' + str(info['status']) if info['status'] else 'a response'} ({', '.join(parts)})"
 
 
 def _advice(url: str) -> str:
@@ -324,6 +448,17 @@ def _advice(url: str) -> str:
         f"(this file would be $ZOO_MIRROR/{_url_relpath(url)}), copy the file to {cache_path(url)} "
         "(then ZOO_OFFLINE=1 works), or pass pretrained='<local path>'."
     )
+
+
+def _env_number(var: str, default: float) -> float:
+    raw = os.environ.get(var, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise DownloadError(f"{var}={raw!r} is not a number of seconds (or attempts); unset it or give one, "
+                            f"e.g. {var}={default:g}.") from None
 
 
 def download(
@@ -335,6 +470,7 @@ def download(
     retries: int | None = None,
     backoff: float = 1.0,
     timeout: float | None = None,
+    deadline: float | None = None,
 ) -> Path:
     """Return a verified local copy of ``url``, downloading it once into the cache if needed.
 
@@ -344,43 +480,69 @@ def download(
 
     Args:
         url: the publisher's URL (rewritten through ZOO_MIRROR when set).
-        sha256: expected digest, full or a published prefix. Without one, the file's digest is
-            recorded in ``<file>.sha256`` at first download and checked on every later call.
+        sha256: expected digest, full or a published prefix. Without one, the file must prove to be a
+            readable checkpoint, and its digest is recorded in ``<file>.sha256`` at first download
+            and checked on every later call.
         dest: file path to use instead of :func:`cache_path` (the shared caches are then not used).
         progress: show a progress bar on stderr (when it is a terminal).
         retries: attempts for transient failures (default ``$ZOO_DOWNLOAD_RETRIES`` or 4).
         backoff: first wait in seconds between attempts, doubled each time.
-        timeout: socket timeout in seconds (default ``$ZOO_DOWNLOAD_TIMEOUT`` or 30).
+        timeout: socket timeout in seconds, for each read (default ``$ZOO_DOWNLOAD_TIMEOUT`` or 30).
+        deadline: seconds for the whole download, retries included (default ``$ZOO_DOWNLOAD_DEADLINE``
+            or 3600; 0 for none).
 
     Raises:
         OfflineError: ZOO_OFFLINE (or, for a hub file, HF_HUB_OFFLINE) is set and the file is not cached.
         HashMismatchError: the downloaded (or cached) file has another digest; a fresh download is deleted.
-        DownloadError: not found, proxy/TLS failure, or transient failures on every attempt.
+        UnreadableDownloadError: the server sent no checkpoint (an HTML page, a body cut short); not kept.
+        DownloadError: not found, proxy/TLS failure, transient failures on every attempt, past the
+            deadline, or a cache folder that is not writable.
     """
     path = Path(dest) if dest is not None else cache_path(url)
     if path.is_file():  # fast path, no lock needed: files only appear by atomic rename
         verify_file(path, sha256, url, remove=dest is None)
-        return path
+        if sha256 or _readable(path, url, remove=dest is None):
+            return path
     shared = _shared_copy(url) if dest is None else None
     if shared is not None:  # already downloaded by timm / torchvision / huggingface_hub: use it in place
         return _verify_shared(shared, url, sha256)
     hf = _hf_parts(url) if dest is None else None
     if _offline() or (hf and _flag("HF_HUB_OFFLINE")):
         raise OfflineError(_offline_message(url, path, hf))
-    retries = int(os.environ.get("ZOO_DOWNLOAD_RETRIES", 4)) if retries is None else retries
-    timeout = float(os.environ.get("ZOO_DOWNLOAD_TIMEOUT", 30)) if timeout is None else timeout
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(path):  # one download across processes (DDP ranks), whoever does the transfer
-        if path.is_file():  # another process finished it while we waited for the lock
-            verify_file(path, sha256, url, remove=dest is None)
-            return path
-        shared = _shared_copy(url) if dest is None else None
-        if shared is not None:
-            return _verify_shared(shared, url, sha256)
-        if hf and mirror_url(url) == url:
-            return _verify_shared(_hf_download(url, hf, progress=progress, timeout=timeout), url, sha256)
-        _download_locked(url, path, sha256, progress=progress, retries=max(1, retries), backoff=backoff, timeout=timeout)
+    retries = int(_env_number("ZOO_DOWNLOAD_RETRIES", 4)) if retries is None else retries
+    timeout = _env_number("ZOO_DOWNLOAD_TIMEOUT", 30) if timeout is None else timeout
+    deadline = _env_number("ZOO_DOWNLOAD_DEADLINE", 3600) if deadline is None else deadline
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _sigterm_cleans_up(), _lock(path):  # one download across processes (DDP ranks)
+            if path.is_file():  # another process finished it while we waited for the lock
+                verify_file(path, sha256, url, remove=dest is None)
+                if sha256 or _readable(path, url, remove=dest is None):
+                    return path
+            shared = _shared_copy(url) if dest is None else None
+            if shared is not None:
+                return _verify_shared(shared, url, sha256)
+            if hf and mirror_url(url) == url:
+                return _verify_shared(_hf_download(url, hf, progress=progress, timeout=timeout), url, sha256)
+            _download_locked(url, path, sha256, progress=progress, retries=max(1, retries), backoff=backoff,
+                             timeout=timeout, deadline=deadline)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not _under(e.filename, path.parent):
+            raise
+        raise DownloadError(
+            f"The cache is not writable: {e.filename} ({e.strerror}), so {url} cannot be downloaded to {path}. "
+            f"Set ZOO_HOME to a writable folder (the cache is {cache_dir()} now), put the file at {path} from an "
+            "account that can write there (then it is used as is), or pass pretrained='<local path>'."
+        ) from None
     return path
+
+
+def _under(name, folder: Path) -> bool:
+    """Whether the path ``name`` (an OSError's filename) is ``folder``, inside it, or one of its parents."""
+    if name is None:
+        return False
+    p = Path(os.fsdecode(name))
+    return p == folder or folder in p.parents or p in folder.parents
 
 
 def _offline_message(url: str, path: Path, hf: tuple[str, str, str] | None) -> str:
@@ -429,15 +591,29 @@ def _first_line(e: BaseException) -> str:
 
 
 def _download_locked(url: str, path: Path, sha256: str | None, *, progress: bool, retries: int, backoff: float,
-                     timeout: float) -> None:
+                     timeout: float, deadline: float) -> None:
     src = mirror_url(url)
     via = f" (via mirror {src})" if src != url else ""
+    # Under the lock only its holder writes a .part: any other was left by a killed process.
+    for stale in path.parent.glob(glob.escape(path.name) + ".*.part"):
+        _remove(stale)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+    end = time.monotonic() + deadline if deadline and deadline > 0 else None
+    late = (f"Downloading {url}{via} did not finish within its deadline of {deadline:g} s (ZOO_DOWNLOAD_DEADLINE)"
+            if end is not None else "")
+    slow = ("The server sends too slowly or stalls; for a large file over a slow link raise ZOO_DOWNLOAD_DEADLINE "
+            f"(0: no deadline). {_advice(url)}")
     try:
         for attempt in range(1, retries + 1):
             try:
-                _fetch_once(src, tmp, timeout, progress)
+                info = _fetch_once(src, tmp, timeout, progress, end)
+                if not sha256:  # nothing vouches for the bytes: they must at least be a whole checkpoint
+                    _check_download(tmp, path, url, via, info)
                 break
+            except _Deadline as e:
+                got, total = e.info["got"], e.info["length"]
+                raise DownloadError(f"{late}: got {got} of {total if total is not None else 'an unknown number of'} "
+                                    f"bytes. {slow}") from None
             except _Transient as e:
                 if attempt == retries:
                     raise DownloadError(
@@ -445,6 +621,8 @@ def _download_locked(url: str, path: Path, sha256: str | None, *, progress: bool
                         f"The server may be down or the network unreliable. {_advice(url)}"
                     ) from None
                 wait = backoff * 2 ** (attempt - 1)
+                if end is not None and time.monotonic() + wait >= end:
+                    raise DownloadError(f"{late}, after {attempt} attempts; last error: {e}. {slow}") from None
                 print(f"zoo: {e} while downloading {src}; retry {attempt}/{retries - 1} in {wait:.1f}s", file=sys.stderr)
                 time.sleep(wait)
             except urllib.error.HTTPError as e:
@@ -462,8 +640,13 @@ def _download_locked(url: str, path: Path, sha256: str | None, *, progress: bool
                 raise DownloadError(f"Downloading {src}: {reason} ({kind}) {_advice(url)}") from None
         actual = sha256_file(tmp)
         if sha256 and not actual.startswith(sha256.lower()):
+            try:
+                check_file(tmp, claimed=path.name, full=False)
+                what = ""
+            except NotACheckpointError as e:
+                what = f" It sent {_sent(info)}: {e.reason}."
             raise HashMismatchError(
-                f"Downloaded {url}{via}: sha256 {actual} does not match the catalog's {sha256}. "
+                f"Downloaded {url}{via}: sha256 {actual} does not match the catalog's {sha256}.{what} "
                 "The file was deleted; the server sent a corrupt or different file. "
                 f"Retry later, or check the mirror. {_advice(url)}"
             )
@@ -476,17 +659,33 @@ def _download_locked(url: str, path: Path, sha256: str | None, *, progress: bool
         tmp.unlink(missing_ok=True)
 
 
+def _check_download(tmp: Path, path: Path, url: str, via: str, info: dict) -> None:
+    """Raise unless ``tmp`` is a complete checkpoint of the format ``path``'s name claims: a body cut
+    short is worth another attempt (:class:`_Transient`), anything else (an error page) is not."""
+    try:
+        check_file(tmp, claimed=path.name)
+    except NotACheckpointError as e:
+        sent = f"the server sent {_sent(info)}: {e.reason}"
+        if e.truncated:
+            raise _Transient(sent) from None
+        raise UnreadableDownloadError(
+            f"Downloaded {url}{via}, but {sent}. Nothing was cached. A login, consent or error page served "
+            f"in place of the file looks like this: check that the URL gives the file itself. {_advice(url)}"
+        ) from None
+
+
 def verify_cache(root: str | os.PathLike | None = None, known: dict[str, str | None] | None = None) -> list[tuple[Path, str, str]]:
-    """Re-hash every cached checkpoint.
+    """Re-hash every cached checkpoint; one that no catalog hash vouches for must also be readable.
 
     Args:
         root: cache root (default :func:`cache_dir`).
         known: ``{cache file path: expected sha256}`` from the catalog; files not in it are checked
-            against their recorded ``.sha256`` beside them.
+            against their recorded ``.sha256`` beside them and for their structure
+            (:func:`zoo.weights.formats.check_file`).
 
     Returns:
-        ``(path, status, detail)`` per file, status ``"ok"``, ``"mismatch"`` or ``"unverified"`` (no
-        digest anywhere).
+        ``(path, status, detail)`` per file, status ``"ok"``, ``"mismatch"``, ``"unreadable"`` (not a
+        complete checkpoint: an error page, a file cut short) or ``"unverified"`` (no digest anywhere).
     """
     base = Path(root) if root is not None else cache_dir()
     known = {str(k): v for k, v in (known or {}).items()}
@@ -495,11 +694,16 @@ def verify_cache(root: str | os.PathLike | None = None, known: dict[str, str | N
         if not p.is_file() or p.suffix in (".lock", ".sha256", ".part", ".tmp"):
             continue
         expected = known.get(str(p))
-        if expected is None and not _sidecar(p).is_file():
-            out.append((p, "unverified", sha256_file(p)))
-            continue
         try:
-            out.append((p, "ok", verify_file(p, expected)))
+            digest = verify_file(p, expected)
         except HashMismatchError as e:
             out.append((p, "mismatch", str(e)))
+            continue
+        if expected is None:
+            try:
+                check_file(p, claimed=p.name)
+            except NotACheckpointError as e:
+                out.append((p, "unreadable", f"{p}: {e.reason}. Delete it and download it again."))
+                continue
+        out.append((p, "ok" if expected is not None or _sidecar(p).is_file() else "unverified", digest))
     return out

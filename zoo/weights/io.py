@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
 
-__all__ = ["UnsafeCheckpointError", "load_torch_file", "read_state_dict", "unwrap_state_dict"]
+from .formats import NotACheckpointError, check_file, sniff
+
+__all__ = ["NotACheckpointError", "UnsafeCheckpointError", "load_torch_file", "read_state_dict", "unwrap_state_dict"]
 
 # Containers that training scripts wrap the weights in, most specific first. ``model_ema`` is
 # not preferred over ``model`` on purpose: the plain weights are what a publisher evaluated.
@@ -59,7 +62,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Raises:
         FileNotFoundError: the path does not exist.
         UnsafeCheckpointError: the pickle needs code execution; it was refused, not run.
-        ValueError: the file is empty, truncated or not a checkpoint.
+        NotACheckpointError (a ValueError): the file is empty, truncated or not a checkpoint (an HTML
+            page, text, ...); the message names the file, says what it is and what to do.
     """
     path = Path(path)
     _check_file(path)
@@ -69,7 +73,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             tensors = load_file(str(path), device="cpu")
         except Exception as e:  # safetensors raises its own SafetensorError (header, size, dtype)
-            raise ValueError(f"{str(path)!r} is not a readable safetensors file (truncated?): {_first_line(e)}") from None
+            raise _unreadable(path, e) from None
         return unwrap_state_dict(tensors, str(path))
     return unwrap_state_dict(load_torch_file(path), str(path))
 
@@ -78,56 +82,85 @@ def _check_file(path: Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist or is not a file.")
     if path.stat().st_size == 0:
-        raise ValueError(f"{str(path)!r} is empty (0 bytes): it was cut off while being written or copied. "
-                         "Use another copy of the file (or delete it and download it again).")
+        raise NotACheckpointError(f"{str(path)!r} is empty (0 bytes): it was cut off while being written or "
+                                  "copied. Use another copy of the file (or delete it and download it again).",
+                                  "empty (0 bytes)", truncated=True)
 
 
 def load_torch_file(path: str | os.PathLike) -> object:
     """``torch.load(path, weights_only=True)`` on CPU, with errors that name the file and what to do.
 
+    Only a zip archive or a pickle reaches the unpickler: text, HTML and the like are named for what
+    they are (to the unpickler a text starting with ``c`` is an import, and ``e`` an unknown key).
+
     Raises:
         FileNotFoundError: the path does not exist.
         UnsafeCheckpointError: the pickle needs code execution; it was refused, not run.
-        ValueError: the file is empty, truncated, or not a torch file.
+        NotACheckpointError (a ValueError): the file is empty, truncated, or not a torch file.
     """
     path = Path(path)
     _check_file(path)
+    with open(path, "rb") as f:
+        kind = sniff(f.read(16))
+    if kind not in ("zip", "pickle"):
+        raise _unreadable(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = _unpickler_reason(e)
-        if "global" not in reason.lower():  # garbage bytes fail as "unsupported operand", not as code
-            raise ValueError(f"{str(path)!r} is not a readable checkpoint (truncated or not a torch file): {reason}") from None
-        raise UnsafeCheckpointError(
-            f"Refused to load {str(path)!r}: it is a pickle that wants to run code ({reason}). "
-            "It was not executed. If you trust its author, convert it to safetensors in an isolated "
-            "environment; zoo only reads weights."
-        ) from None
-    except Exception as e:  # zip, EOF, or the unpickler's own stack errors on a text or truncated file
-        raise ValueError(f"{str(path)!r} is not a readable checkpoint (truncated or not a torch file): {_first_line(e)}") from None
+        name = _blocked_global(e)
+        if name is None:  # garbage or a cut file fails as "unsupported operand", not as code
+            raise _unreadable(path, e) from None
+        raise UnsafeCheckpointError(_unsafe_message(path, name)) from None
+    except Exception as e:  # zip, EOF, or the unpickler's own stack errors on a damaged or truncated file
+        raise _unreadable(path, e) from None
 
 
-def _unpickler_reason(e: BaseException) -> str:
-    # torch's message opens with generic advice; the reason is a later line: the blocked GLOBAL (code
-    # the pickle wants to run), else what follows "WeightsUnpickler error:" (e.g. an unsupported operand).
+def _unreadable(path: Path, error: BaseException | None = None) -> NotACheckpointError:
+    """Why ``path`` cannot be read, from its structure (:func:`zoo.weights.formats.check_file`), in
+    zoo's words: the reader's own message is used only when the structure looks sound, cleaned of
+    torch's advice to retry with ``weights_only=False``, which must never reach a user here."""
+    try:
+        check_file(path, claimed=path.name, full=False)
+        reason, cut = f"a file its reader rejects ({_clean(error) if error else 'unknown format'})", False
+    except NotACheckpointError as e:
+        reason, cut = e.reason, e.truncated
+    todo = ("Use another copy of the file (or delete it and download it again)." if cut else
+            "Pass a checkpoint: a .safetensors file, or a .pth/.pt/.bin/.ckpt written by torch.save.")
+    return NotACheckpointError(f"{str(path)!r} is not a readable checkpoint: it is {reason}. {todo}", reason, cut)
+
+
+def _blocked_global(e: BaseException) -> str | None:
+    """The import torch's restricted unpickler refused (``posix.system``), or None for another failure."""
+    m = re.search(r"GLOBAL (\S+)", str(e))  # "Unsupported global: GLOBAL x.y was not ...", "... GLOBAL x.y whose module"
+    return m.group(1) if m else None
+
+
+def _unsafe_message(path: Path, name: str) -> str:
+    how = ""
+    if name.startswith("torch.storage._load_from_bytes"):
+        how = (" Its tensors were pickled with pickle.dump rather than torch.save, and torch rebuilds those only "
+               "by running code.")
+    return (f"Refused to load {str(path)!r}: it is a pickle that wants to run code (it calls {name}). It was "
+            f"not executed.{how} If you trust its author, re-save its weights in an isolated environment with "
+            "torch.save(model.state_dict(), path) or safetensors; zoo only reads weights.")
+
+
+# Phrases of torch's messages that advise loading with weights_only=False or allow-listing globals.
+_ADVICE = ("weights_only", "likely succeed", "safe_globals", "arbitrary code", "trusted source", "file an issue")
+
+
+def _clean(e: BaseException) -> str:
+    """The first informative sentence of a reader's error, without torch's advice."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    hit = next((ln for ln in lines if "global" in ln.lower()), None)
-    if hit:
-        return hit
-    for i, ln in enumerate(lines):
-        if ln.startswith("WeightsUnpickler error:"):
-            rest = [x for x in [ln.split(":", 1)[1].strip(), *lines[i + 1:]] if x]
-            if rest:
-                return rest[0]
-    return _first_line(e)
+    for ln in lines:
+        if ln.startswith("WeightsUnpickler error:") and ln.split(":", 1)[1].strip():
+            lines = [ln.split(":", 1)[1].strip()]
+            break
+    lines = [ln for ln in lines if not any(a in ln for a in _ADVICE)]
+    text = lines[0] if lines else type(e).__name__
+    return text.split(". ")[0].rstrip(".") or type(e).__name__
 
 
 def _looks_like_safetensors(path: Path) -> bool:
-    # A safetensors file starts with an 8-byte little-endian header length, then a JSON '{'.
     with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return sniff(f.read(16)) == "safetensors"

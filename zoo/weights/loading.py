@@ -46,6 +46,7 @@ class LoadReport:
     adapted: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
     retrofitted: list[str] = field(default_factory=list)  # attention modules new to the checkpoint
+    classifier_mismatch: list[str] = field(default_factory=list)  # "fc.weight (1000, 512) vs (2, 512)": why re-initialised
     cfg: object = None  # the catalog entry (zoo.weights.catalog.PretrainedCfg) when loaded from one
 
 
@@ -125,6 +126,8 @@ def load_state_dict_into(
     if head or ckpt_head:
         mismatch = [k for k in ckpt_head if k not in own or own[k].shape != sd[k].shape]
         if mismatch:
+            report.classifier_mismatch = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape) if k in own else 'none'}"
+                                          for k in sorted(mismatch)]
             for k in ckpt_head:
                 sd.pop(k)
             report.reinitialized = sorted(head)
