@@ -7,7 +7,7 @@ import numbers
 import torch
 import torch.nn as nn
 
-__all__ = ["make_divisible", "DropPath", "check_image_input", "check_int", "check_rate", "check_positive", "Mlp"]
+__all__ = ["make_divisible", "DropPath", "check_image_input", "check_int", "check_rate", "check_positive", "Mlp", "reduced_channels"]
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
@@ -120,3 +120,15 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+def reduced_channels(owner: str, channels: int, rd_ratio: float, rd_channels: int | None, rd_divisor: int) -> int:
+    """Validated reduction width of a gating block: ``rd_channels`` if given, else ``channels * rd_ratio``
+    rounded to ``rd_divisor`` (timm's rule, no lower bound), so every block names bad values alike."""
+    check_int(owner, "channels", channels)
+    check_positive(owner, "rd_ratio", rd_ratio)
+    check_int(owner, "rd_divisor", rd_divisor)
+    if rd_channels is not None:
+        check_int(owner, "rd_channels", rd_channels)
+        return rd_channels
+    return make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)

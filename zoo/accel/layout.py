@@ -1,7 +1,7 @@
 """Channels-last activations for convolutional networks on the CPU.
 
 oneDNN runs NCHW convolutions by reordering to and from its blocked layout around every conv; in
-channels-last, which every later op keeps, it does not. Measured when this moved here (2 cores,
+channels-last, which every later op keeps, it does not. Measured before this moved here (2 cores,
 batch 16, channels-last / NCHW): inference 1.1-1.7x for ResNet-50 and its SE / CBAM variants; a
 train step 1.2-1.5x for ResNet-50 and the se / eca / gc / cbam / sa variants, fp32 and bf16, and
 1.6x (fp32) / 4.2x (bf16) for nl. ``python -m zoo.bench ... --no-fast`` re-measures it.

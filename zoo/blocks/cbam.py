@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from ..layers import check_int, check_positive, make_divisible
+from ..layers import check_int, reduced_channels
 from ..registry import register_block
 
 __all__ = ["ChannelAttn", "SpatialAttn", "Cbam"]
@@ -132,14 +132,8 @@ class Cbam(nn.Module):
         gate_layer: Callable[..., nn.Module] = nn.Sigmoid,
     ):
         super().__init__()
-        check_int("Cbam", "channels", channels)
-        check_positive("Cbam", "rd_ratio", rd_ratio)
-        if rd_channels is not None:
-            check_int("Cbam", "rd_channels", rd_channels)
-        check_int("Cbam", "rd_divisor", rd_divisor)
+        rd_channels = reduced_channels("Cbam", channels, rd_ratio, rd_channels, rd_divisor)
         check_int("Cbam", "spatial_kernel_size", spatial_kernel_size)
-        if rd_channels is None:
-            rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
         self.channel = ChannelAttn(
             channels, rd_channels, mlp_bias=mlp_bias, act_layer=act_layer, gate_layer=gate_layer
         )

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from ..layers import check_int, check_positive, make_divisible
+from ..layers import reduced_channels
 from ..registry import register_block
 
 __all__ = ["GlobalContext"]
@@ -49,13 +49,7 @@ class GlobalContext(nn.Module):
         norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
     ):
         super().__init__()
-        check_int("GlobalContext", "channels", channels)
-        check_positive("GlobalContext", "rd_ratio", rd_ratio)
-        if rd_channels is not None:
-            check_int("GlobalContext", "rd_channels", rd_channels)
-        check_int("GlobalContext", "rd_divisor", rd_divisor)
-        if rd_channels is None:
-            rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
+        rd_channels = reduced_channels("GlobalContext", channels, rd_ratio, rd_channels, rd_divisor)
         self.conv_attn = nn.Conv2d(channels, 1, 1)
         self.fc1 = nn.Conv2d(channels, rd_channels, 1)
         self.norm = norm_layer(rd_channels)

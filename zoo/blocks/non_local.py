@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import check_int, check_positive, check_rate, make_divisible
+from ..layers import check_rate, reduced_channels
 from ..registry import register_block
 
 __all__ = ["NonLocal"]
@@ -50,14 +50,8 @@ class NonLocal(nn.Module):
         norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d,
     ):
         super().__init__()
-        check_int("NonLocal", "channels", channels)
-        check_positive("NonLocal", "rd_ratio", rd_ratio)
-        if rd_channels is not None:
-            check_int("NonLocal", "rd_channels", rd_channels)
-        check_int("NonLocal", "rd_divisor", rd_divisor)
+        rd_channels = reduced_channels("NonLocal", channels, rd_ratio, rd_channels, rd_divisor)
         check_rate("NonLocal", "attn_drop", attn_drop)
-        if rd_channels is None:
-            rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
         self.scale = float(scale)
         self.attn_drop = float(attn_drop)
         self.theta = nn.Conv2d(channels, rd_channels, 1)

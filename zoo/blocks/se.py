@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from ..layers import check_int, check_positive, make_divisible
+from ..layers import reduced_channels
 from ..registry import register_block
 
 __all__ = ["SqueezeExcite"]
@@ -49,13 +49,7 @@ class SqueezeExcite(nn.Module):
         gate_layer: Callable[..., nn.Module] = nn.Sigmoid,
     ):
         super().__init__()
-        check_int("SqueezeExcite", "channels", channels)
-        check_positive("SqueezeExcite", "rd_ratio", rd_ratio)
-        if rd_channels is not None:
-            check_int("SqueezeExcite", "rd_channels", rd_channels)
-        check_int("SqueezeExcite", "rd_divisor", rd_divisor)
-        if rd_channels is None:
-            rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
+        rd_channels = reduced_channels("SqueezeExcite", channels, rd_ratio, rd_channels, rd_divisor)
         self.fc1 = nn.Conv2d(channels, rd_channels, 1, bias=bias)
         self.bn = norm_layer(rd_channels) if norm_layer is not None else nn.Identity()
         self.act = act_layer()
