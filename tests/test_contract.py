@@ -11,6 +11,7 @@ import copy
 
 import pytest
 import torch
+from registry_sets import per_model, representatives
 
 import zoo
 from zoo.models.features import features_only
@@ -29,10 +30,13 @@ def _params_m(name: str) -> float:
         return sum(p.numel() for p in zoo.create(name).parameters()) / 1e6
 
 
-# Full-size builds of the models over 25M parameters (ResNet-50 and up, ViT-B/L, Swin) cost most of the time
-# for what they check: they run under -m slow (CI runs it); every model runs the meta-device checks.
+# One model per group of names that differ only in numbers by default, the rest under -m slow
+# (tests/registry_sets.py). Full-size builds over 25M parameters (ResNet-50 and up, ViT-B/L, Swin) are slow
+# too: they cost most of the time for what they check.
 BIG_M = 25.0
-SIZED = [pytest.param(n, marks=pytest.mark.slow) if _params_m(n) > BIG_M else n for n in MODELS]
+REPRESENTATIVES = representatives(MODELS)
+PER_MODEL = per_model(MODELS)
+SIZED = per_model(MODELS, slow_if=lambda n: _params_m(n) > BIG_M)
 
 
 def _build(name: str) -> torch.nn.Module:
@@ -74,7 +78,7 @@ def test_forward_backward_gradients_and_fast_equals_plain(name):
     assert (got - want).abs().max() <= 1e-4 * want.abs().max()
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", PER_MODEL)
 def test_pooled_features_and_reset_classifier(name):
     with torch.device("meta"):  # shapes only: no weights to initialise
         pooled = zoo.create(name, num_classes=0)
@@ -86,7 +90,7 @@ def test_pooled_features_and_reset_classifier(name):
         assert pooled(x).shape == (2, pooled.num_features)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", PER_MODEL)
 def test_features_only_gives_the_declared_maps(name):
     with torch.device("meta"):
         model = zoo.create(name)
@@ -104,11 +108,11 @@ def test_features_only_gives_the_declared_maps(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in MODELS if _params_m(n) <= 40.0])
+@pytest.mark.parametrize("name", sorted(n for n in REPRESENTATIVES if _params_m(n) <= 40.0))
 def test_traces_to_one_graph(name):
     """Inference under bf16 autocast and a training step each trace into one torch.compile graph
-    (tests/test_compile.py checks one member of each family in the default run; the largest
-    models, deeper copies of these, are left out for time)."""
+    (tests/test_compile.py checks one member of each family in the default run). One model per group:
+    the deeper copies share its code and cost minutes to trace."""
     model = _build(name)
     x = _input(name)
     for train in (False, True):

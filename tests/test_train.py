@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
+from registry_sets import per_model
 
 import zoo
 import zoo.train
@@ -26,9 +27,8 @@ HEAVY = ("*101*", "*152*", "*resnet50", "*resnet34", "*resnext*", "vit_l*", "vit
          "swin_b*", "swin_s*", "swin_l*", "swin_v2_b*", "swin_v2_s*")
 
 
-def _param(name: str):
-    slow = any(fnmatch.fnmatchcase(name, p) for p in HEAVY)
-    return pytest.param(name, marks=pytest.mark.slow) if slow else name
+def _heavy(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in HEAVY)
 
 
 def _train():
@@ -218,7 +218,7 @@ def test_timm_scheduler_is_driven_like_timms_train_loop(train_cfg, overrides):
 
 
 # ----------------------------------------------------------------------------------- every model
-@pytest.mark.parametrize("name", [_param(n) for n in zoo.list_models()])
+@pytest.mark.parametrize("name", per_model(zoo.list_models(), slow_if=_heavy))
 def test_one_batch_every_model(train_cfg, name):
     cfg = train_cfg(f"model={name}", "+trainer.fast_dev_run=1", "logger=[]", "module.ema=null")
     summary = _train()(cfg)
@@ -307,6 +307,7 @@ def test_wandb_offline_writes_run_files(train_cfg, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------- ddp
+@pytest.mark.slow  # two spawned processes: ~15 s of the default run; CI's slow run keeps it
 def test_ddp_two_processes_on_cpu(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "train.py", "model=resnet18", "trainer=ddp", "trainer.accelerator=cpu",

@@ -267,6 +267,8 @@ def test_checkpoint_roundtrip(tmp_path):
         load_model("resnet18", ckpt_path=tmp_path / "last.ckpt")
 
 
+# Trains a CNN for a minute to judge the CAM against the box: the slow run (CI) keeps it.
+@pytest.mark.slow
 def test_trained_cam_looks_inside_the_box():
     """A ResNet-18 trained briefly on cluttered digits puts its Grad-CAM mass on the digit's box,
     by a margin that broken maps (uniform, random, or the map of another image) do not reach.
