@@ -32,7 +32,8 @@ class Impl:
 
 
 # Native input size by name pattern, for models that do not expose ``default_img_size``.
-_NATIVE_SIZES = (("swin_v2*", 256), ("*", 224))
+_NATIVE_SIZES = (("swin_v2*", 256), ("*_256", 256), ("*halo*", 256), ("lambda_resnet26t", 256),
+                 ("bat_resnext26ts", 256), ("gcresnext26ts", 256), ("*resnet50t", 256), ("*", 224))
 
 
 def native_img_size(name: str, model: nn.Module | None = None) -> int:
@@ -118,9 +119,21 @@ _VIT_TIMM = {"vit_t_16": "vit_tiny_patch16_224", "vit_s_16": "vit_small_patch16_
 _SWIN_TIMM = {"swin_t": "swin_tiny_patch4_window7_224", "swin_s": "swin_small_patch4_window7_224",
               "swin_b": "swin_base_patch4_window7_224", "swin_v2_t": "swinv2_tiny_window8_256",
               "swin_v2_s": "swinv2_small_window8_256", "swin_v2_b": "swinv2_base_window8_256"}
+# Models named as timm names them (timm's attention CNNs, PVT v2, EfficientViT) and the renamed ones.
+_SAME_NAME_TIMM = {"skresnet18", "skresnet34", "skresnext50_32x4d", "resnest14d", "resnest26d", "resnest50d",
+                   "ecaresnet50d", "ecaresnet101d", "ecaresnet50t", "gcresnet50t", "seresnext26d_32x4d",
+                   "halonet26t", "sehalonet33ts", "eca_halonext26ts", "lambda_resnet26t", "botnet26t_256",
+                   "eca_botnext26ts_256", "bat_resnext26ts", "gcresnext26ts",
+                   "pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5", "pvt_v2_b2_li",
+                   "efficientvit_b0", "efficientvit_b1", "efficientvit_b2", "efficientvit_b3"}
+_SIZED_TIMM = {"deit_t_16": "deit_tiny_patch16_224", "deit_s_16": "deit_small_patch16_224",
+               "deit_b_16": "deit_base_patch16_224", "deit_t_16_distilled": "deit_tiny_distilled_patch16_224",
+               "deit_s_16_distilled": "deit_small_distilled_patch16_224",
+               "deit_b_16_distilled": "deit_base_distilled_patch16_224",
+               "xcit_t12_16": "xcit_tiny_12_p16_224", "xcit_s12_16": "xcit_small_12_p16_224"}
 _TV_NAMES = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
              "vit_b_16", "vit_b_32", "vit_l_16", "swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s",
-             "swin_v2_b"}
+             "swin_v2_b", "mobilenet_v2"}
 # Attention ResNets with an identical timm construction: attention after bn3 of every block.
 # Non-local (inserted between blocks) and stand-alone self-attention (replaces the 3x3 conv)
 # have no same-architecture twin.
@@ -136,6 +149,10 @@ def twins_for(name: str) -> list[Impl]:
         twins.append(_timm(_VIT_TIMM[name], sized=True))
     elif name in _SWIN_TIMM:
         twins.append(_timm(_SWIN_TIMM[name], sized=True))
+    elif name in _SAME_NAME_TIMM:
+        twins.append(_timm(name))
+    elif name in _SIZED_TIMM:
+        twins.append(_timm(_SIZED_TIMM[name], sized=True))
     elif m := _ATTN_RESNET.match(name):
         attn, base = m.groups()
         twins.append(_timm(f"se{base}") if attn == "se" else _timm(base, attn=attn))
