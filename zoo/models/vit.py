@@ -9,6 +9,7 @@ Parameter names follow timm's (``patch_embed.proj``, ``cls_token``, ``pos_embed`
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -18,30 +19,33 @@ from torch.utils.checkpoint import checkpoint
 from ..layers import DropPath, Mlp, check_image_input, check_int, check_positive, check_rate
 from ..registry import register_model
 from .features import check_output_fmt, feature_take_indices
+from .vit_attn import EfficientAttention, LinformerAttention
 
-__all__ = ["VisionTransformer", "resample_pos_embed", "checkpoint_filter_fn"]
+__all__ = ["VisionTransformer", "resample_pos_embed", "checkpoint_filter_fn", "ATTN_LAYERS"]
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int] | None = None) -> torch.Tensor:
-    """Bicubically resample a position table to another patch grid, keeping the class token's entry.
+def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int] | None = None,
+                       num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Bicubically resample a position table to another patch grid, keeping the prefix tokens' entries.
 
     Same resampling as timm (bicubic, antialiased when shrinking, ``align_corners=False``), so a
     checkpoint resampled here matches one timm resampled. torchvision's own resizing uses
     ``align_corners=True`` and differs slightly.
 
     Args:
-        pos_embed: ``[1, 1 + Ho * Wo, C]``, class token first.
+        pos_embed: ``[1, P + Ho * Wo, C]``, the P prefix tokens (class, DeiT's distillation) first.
         new_grid: ``(Hn, Wn)`` target patch grid.
         old_grid: ``(Ho, Wo)``; square is assumed when None.
+        num_prefix_tokens: P.
 
     Returns:
-        ``[1, 1 + Hn * Wn, C]`` in the input's dtype.
+        ``[1, P + Hn * Wn, C]`` in the input's dtype.
     """
-    n_old = pos_embed.shape[1] - 1
+    n_old = pos_embed.shape[1] - num_prefix_tokens
     if old_grid is None:
         side = int(round(n_old**0.5))
         if side * side != n_old:
@@ -49,7 +53,7 @@ def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], old_g
         old_grid = (side, side)
     if tuple(old_grid) == tuple(new_grid):
         return pos_embed
-    cls_pos, grid_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    cls_pos, grid_pos = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     C = pos_embed.shape[-1]
     grid_pos = grid_pos.float().reshape(1, old_grid[0], old_grid[1], C).permute(0, 3, 1, 2)  # 1, C, Ho, Wo
     grid_pos = F.interpolate(grid_pos, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=True)
@@ -100,15 +104,16 @@ class Block(nn.Module):
         drop: dropout after the attention projection and in the MLP.
         attn_drop: dropout on attention weights.
         drop_path: stochastic depth rate of both residual branches.
+        attn_layer: ``attn_layer(dim, num_heads, attn_drop=, proj_drop=)`` builds the attention.
 
     Shapes: ``[B, N, C]`` in, ``[B, N, C]`` out.
     """
 
     def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, drop: float = 0.0,
-                 attn_drop: float = 0.0, drop_path: float = 0.0):
+                 attn_drop: float = 0.0, drop_path: float = 0.0, attn_layer=None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, attn_drop=attn_drop, proj_drop=drop)
+        self.attn = (attn_layer or Attention)(dim, num_heads, attn_drop=attn_drop, proj_drop=drop)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -154,7 +159,12 @@ class VisionTransformer(nn.Module):
         drop_rate: dropout after the position embedding, in the blocks and before the head.
         attn_drop_rate: dropout on attention weights.
         drop_path_rate: stochastic depth, rising linearly from 0 to this over the blocks.
+        attn: the attention of every block, a key of :data:`ATTN_LAYERS`: ``"softmax"``,
+            ``"linformer"`` or ``"efficient"`` (:mod:`zoo.models.vit_attn`).
+        attn_kwargs: extra arguments of that attention (Linformer: ``{"k": 64}``).
     """
+
+    num_prefix_tokens = 1  # tokens before the patches: the class token (DeiT distilled: 2)
 
     def __init__(
         self,
@@ -171,6 +181,8 @@ class VisionTransformer(nn.Module):
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        attn: str = "softmax",
+        attn_kwargs: dict | None = None,
     ):
         super().__init__()
         for name, value, lo in (("img_size", img_size, 1), ("patch_size", patch_size, 1), ("in_chans", in_chans, 1),
@@ -196,10 +208,14 @@ class VisionTransformer(nn.Module):
 
         self.patch_embed = PatchEmbed(self.patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size[0] * self.grid_size[1], embed_dim))
+        num_tokens = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
+        self.attn = attn
+        attn_layer = attn_layer_for(attn, attn_kwargs, num_tokens)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear 0 -> rate
         self.blocks = nn.Sequential(*[
-            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop=drop_rate, attn_drop=attn_drop_rate, drop_path=p)
+            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop=drop_rate, attn_drop=attn_drop_rate, drop_path=p,
+                  attn_layer=attn_layer)
             for p in dpr
         ])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
@@ -250,11 +266,11 @@ class VisionTransformer(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------------
     def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
-        """The position table for a patch grid: ``[1, 1 + gh * gw, C]`` (resampled when it differs
-        from the grid the model was built for; ``zoo.accel`` caches the resampled table in inference)."""
+        """The position table for a patch grid: ``[1, P + gh * gw, C]`` (P prefix tokens; resampled
+        when the grid differs from the model's; ``zoo.accel`` caches the resampled table in inference)."""
         if grid == self.grid_size:
             return self.pos_embed
-        return resample_pos_embed(self.pos_embed, grid, self.grid_size)
+        return resample_pos_embed(self.pos_embed, grid, self.grid_size, self.num_prefix_tokens)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens after the final norm.
@@ -263,7 +279,7 @@ class VisionTransformer(nn.Module):
             x: ``[B, in_chans, H, W]`` with H, W >= the patch size.
 
         Returns:
-            ``[B, 1 + (H // p) * (W // p), C]``, class token first.
+            ``[B, P + (H // p) * (W // p), C]``, the P prefix tokens (class token) first.
         """
         check_image_input(x, self.in_chans, self.patch_size, type(self).__name__)
         x, _ = self._embed_tokens(x)
@@ -275,9 +291,9 @@ class VisionTransformer(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool tokens ``[B, 1 + N, C]`` to ``[B, C]``, then classify to ``[B, num_classes]``
+        """Pool tokens ``[B, P + N, C]`` to ``[B, C]``, then classify to ``[B, num_classes]``
         unless ``pre_logits``."""
-        x = x[:, 1:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
+        x = x[:, self.num_prefix_tokens:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]
         if self.drop_rate > 0 and self.training:
             x = F.dropout(x, self.drop_rate, True)
         return x if pre_logits else self.head(x)
@@ -291,15 +307,19 @@ class VisionTransformer(nn.Module):
 
     def _embed_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """What ``forward_features`` does before the blocks: ``[B, in_chans, H, W]`` -> tokens
-        ``[B, 1 + gh * gw, C]`` with positions added (and dropout), and the grid ``(gh, gw)``."""
+        ``[B, P + gh * gw, C]`` with positions added (and dropout), and the grid ``(gh, gw)``."""
         x = self.patch_embed(x)  # B, C, gh, gw
         grid = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)  # B, N, C
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # B, 1 + N, C
+        x = torch.cat([t.expand(x.shape[0], -1, -1) for t in self.prefix_tokens()] + [x], dim=1)  # B, P + N, C
         x = x + self.pos_embed_for(grid)
         if self.drop_rate > 0 and self.training:
             x = F.dropout(x, self.drop_rate, True)
         return x, grid
+
+    def prefix_tokens(self) -> tuple[torch.Tensor, ...]:
+        """The ``[1, 1, C]`` tokens put before the patches, in order (DeiT adds its distillation token)."""
+        return (self.cls_token,)
 
     def forward_intermediates(
         self,
@@ -323,7 +343,7 @@ class VisionTransformer(nn.Module):
 
         Returns:
             ``(final, maps)``, or ``maps`` if ``intermediates_only``: ``final`` is the normed tokens
-            ``[B, 1 + gh * gw, C]`` (as ``forward_features`` unless stopped early); each map drops the
+            ``[B, P + gh * gw, C]`` (as ``forward_features`` unless stopped early); each map drops the
             class token: ``[B, C, gh, gw]`` (NCHW) or ``[B, gh * gw, C]`` (NLC), ``gh = H // patch``.
         """
         check_output_fmt(output_fmt, ("NCHW", "NLC"), type(self).__name__)
@@ -337,7 +357,7 @@ class VisionTransformer(nn.Module):
             else:
                 x = blk(x)
             if i in take:
-                maps.append((self.norm(x) if norm else x)[:, 1:])  # B, gh * gw, C
+                maps.append((self.norm(x) if norm else x)[:, self.num_prefix_tokens:])  # B, gh * gw, C
         if output_fmt == "NCHW":
             maps = [m.reshape(m.shape[0], gh, gw, -1).permute(0, 3, 1, 2).contiguous() for m in maps]  # B, C, gh, gw
         return maps if intermediates_only else (self.norm(x), maps)
@@ -357,6 +377,23 @@ class VisionTransformer(nn.Module):
         if prune_head:
             self.reset_classifier(0)
         return take
+
+
+# Choices of ``VisionTransformer(attn=...)``.
+ATTN_LAYERS = {"softmax": Attention, "linformer": LinformerAttention, "efficient": EfficientAttention}
+
+
+def attn_layer_for(attn: str, attn_kwargs: dict | None, num_tokens: int):
+    """``attn_layer(dim, num_heads, attn_drop=, proj_drop=)`` for an ``attn`` name; classes that need
+    the token count (Linformer) get ``num_tokens``. Unknown names raise ``ValueError`` with the choices;
+    unknown ``attn_kwargs`` raise the attention's own ``TypeError`` when the first block is built."""
+    if attn not in ATTN_LAYERS:
+        raise ValueError(f"attn must be one of {sorted(ATTN_LAYERS)}, got {attn!r}.")
+    cls = ATTN_LAYERS[attn]
+    kwargs = dict(attn_kwargs or {})
+    if getattr(cls, "needs_num_tokens", False):
+        kwargs["num_tokens"] = num_tokens
+    return partial(cls, **kwargs) if kwargs else cls
 
 
 # ---- checkpoint conversion -----------------------------------------------------------------------
@@ -396,7 +433,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VisionTrans
     out = dict(state_dict)
     pos = out.get("pos_embed")
     if pos is not None and pos.ndim == 3 and tuple(pos.shape) != tuple(model.pos_embed.shape):
-        out["pos_embed"] = resample_pos_embed(pos, model.grid_size)
+        out["pos_embed"] = resample_pos_embed(pos, model.grid_size, num_prefix_tokens=model.num_prefix_tokens)
     return out
 
 
