@@ -23,7 +23,7 @@ import zoo
 import zoo.train
 
 # One model per family and attention block stays in the default run; larger variants are slow.
-HEAVY = ("*101*", "*152*", "*resnet50", "*resnet34", "*resnext*", "vit_l*", "vit_b*", "vit_s*", "vit_h*",
+HEAVY = ("*101*", "*152*", "*resnet50", "*resnet34", "*resnext*", "vit_l*", "vit_b*", "vit_s*", "vit_h*", "deit_s*", "deit_b*",
          "swin_b*", "swin_s*", "swin_l*", "swin_v2_b*", "swin_v2_s*")
 
 

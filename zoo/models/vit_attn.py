@@ -38,7 +38,7 @@ class LinformerAttention(nn.Module):
         dim: token width C.
         num_heads: heads; ``dim`` must divide by it.
         num_tokens: N0, the token count at the model's ``img_size`` (prefix tokens included).
-        k: projected length; at most the token count.
+        k: projected length, at most the token count; None: ``min(64, num_tokens)``.
         attn_drop: dropout on the ``[N, k]`` attention weights (training only).
         proj_drop: dropout after the output projection (training only).
 
@@ -49,11 +49,14 @@ class LinformerAttention(nn.Module):
 
     needs_num_tokens = True  # the VisionTransformer passes num_tokens to attention classes that say so
 
-    def __init__(self, dim: int, num_heads: int, *, num_tokens: int, k: int = 64, attn_drop: float = 0.0,
+    def __init__(self, dim: int, num_heads: int, *, num_tokens: int, k: int | None = None, attn_drop: float = 0.0,
                  proj_drop: float = 0.0):
         super().__init__()
-        check_int("LinformerAttention", "k", k, 1)
         check_int("LinformerAttention", "num_tokens", num_tokens, 1)
+        # 64: the smallest k of the paper's tables, well under ViT-S/16's 197 tokens at 224 px; a small
+        # model (32 px: 5 tokens) gets k = N rather than an error it did not ask for.
+        k = min(64, num_tokens) if k is None else k
+        check_int("LinformerAttention", "k", k, 1)
         check_rate("LinformerAttention", "attn_drop", attn_drop)
         if k > num_tokens:
             raise ValueError(f"Linformer k={k} is larger than the token count N={num_tokens} the model is built "

@@ -96,6 +96,12 @@ class ClassificationModule(L.LightningModule):
         mixup: timm ``Mixup`` kwargs (``mixup_alpha``, ``cutmix_alpha``, ``prob``, ...) or None.
         ema: ``{decay, ...}`` (timm ``ModelEmaV3`` kwargs) or None.
         grad_checkpointing: call the model's ``set_grad_checkpointing``.
+
+    A model with a distillation head (DeiT distilled) is switched to ``set_distilled_training``: a
+    training forward gives ``(class_logits, dist_logits)`` and the loss is the mean of the two heads'
+    losses on the labels (hard distillation with the labels as teacher), so both heads learn, and
+    the mean of the two that evaluation uses is of two trained heads. Official DeiT without a
+    teacher trains the class head only.
     """
 
     def __init__(
@@ -134,6 +140,8 @@ class ClassificationModule(L.LightningModule):
         self.model = instantiate(model, num_classes=num_classes, pretrained=pretrained, _convert_="all")
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
+        if hasattr(self.model, "set_distilled_training"):
+            self.model.set_distilled_training(True)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.mixup = None
         if mixup and (mixup.get("mixup_alpha", 0) > 0 or mixup.get("cutmix_alpha", 0) > 0):
@@ -194,7 +202,11 @@ class ClassificationModule(L.LightningModule):
                 x, y = x[:-1], y[:-1]
             x, target = self.mixup(x, y)
         logits = self.model(x)
-        loss = self.train_loss(logits, target)
+        if isinstance(logits, tuple):  # class and distillation heads: one loss each, averaged
+            loss = sum(self.train_loss(t, target) for t in logits) / len(logits)
+            logits = sum(logits) / len(logits)  # what evaluation returns, for the train metric
+        else:
+            loss = self.train_loss(logits, target)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"Loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, "

@@ -28,6 +28,7 @@ from ..blocks.se import SqueezeExcite
 from ..blocks.self_attn import BottleneckSelfAttn
 from ..models.vit import Attention as VitAttention
 from ..models.vit import VisionTransformer
+from ..models.vit_attn import EfficientAttention, LinformerAttention
 
 __all__ = [
     "AttentionMaps",
@@ -46,7 +47,9 @@ KINDS = {
     "context": "[B, H, W] softmax context-pooling weights, sum 1 - GC",
     "query": "[B, heads, Q, H, W] attention rows of chosen query positions, each sums to 1 - nl, sa",
     "received": "[B, heads, H, W] attention received, averaged over all queries, sums to 1 - nl, sa",
-    "cls": "[B, heads, gh, gw] class-token attention to the patches - ViT, per block",
+    "cls": "[B, heads, gh, gw] class-token attention to the patches - ViT, per block (attn='efficient': "
+           "the equivalent per-query weights, rows summing to 1)",
+    "projected": "[B, heads, N, k] attention of every token over the k projected keys - ViT attn='linformer'",
     "rollout": "[B, gh, gw] attention rollout from the class token - ViT",
     "window": "[B, heads, H, W] attention received per position, averaged over its window's queries - Swin",
 }
@@ -163,16 +166,21 @@ def _vit_probs(m: VitAttention, x: torch.Tensor) -> torch.Tensor:
 
 def _install_vit_attention(name, m: VitAttention, maps, opts):
     def hook(_mod, args):
-        with torch.no_grad():
-            probs = _vit_probs(m, args[0])  # B, heads, N, N
+        with torch.no_grad():  # vit_attn modules give their own weights: [B, heads, N, N] or Linformer's [.., N, k]
+            probs = m.attention_weights(args[0]) if hasattr(m, "attention_weights") else _vit_probs(m, args[0])
+        if probs.shape[-1] != probs.shape[-2]:  # Linformer: no token-to-token map, so no cls map nor rollout
+            maps.put(name, "projected", probs)
+            if opts["keep_full"]:
+                maps.full[name] = probs
+            return
         opts["_vit_probs"][name] = probs
-        grid = opts.get("_grid")
-        n = probs.shape[-1] - 1
+        grid, prefix = opts.get("_grid"), opts.get("_prefix", 1)
+        n = probs.shape[-1] - prefix
         if grid is None or grid[0] * grid[1] != n:  # no patch embed seen: assume a square grid
             side = int(round(math.sqrt(n)))
             grid = (side, n // max(side, 1))
         b, heads = probs.shape[:2]
-        maps.put(name, "cls", probs[:, :, 0, 1:].reshape(b, heads, *grid), grid=grid)
+        maps.put(name, "cls", probs[:, :, 0, prefix:].reshape(b, heads, *grid), grid=grid)
         if opts["keep_full"]:
             maps.full[name] = probs
 
@@ -182,6 +190,7 @@ def _install_vit_attention(name, m: VitAttention, maps, opts):
 def _install_vit_model(name, m: VisionTransformer, maps, opts):
     def grid(_mod, _inp, out):  # B, C, gh, gw
         opts["_grid"] = tuple(out.shape[-2:])
+        opts["_prefix"] = m.num_prefix_tokens  # 2 for DeiT distilled
         opts["_vit_probs"].clear()
 
     def rollout(_mod, _inp, _out):
@@ -190,7 +199,8 @@ def _install_vit_model(name, m: VisionTransformer, maps, opts):
             r = attention_rollout(probs)  # B, N, N
             gh, gw = opts["_grid"]
             key = f"{name}.rollout" if name else "rollout"
-            maps.put(key, "rollout", r[:, 0, 1:].reshape(r.shape[0], gh, gw), grid=(gh, gw))
+            p = m.num_prefix_tokens
+            maps.put(key, "rollout", r[:, 0, p:].reshape(r.shape[0], gh, gw), grid=(gh, gw))
 
     return [m.patch_embed.register_forward_hook(grid), m.norm.register_forward_hook(rollout)]
 
@@ -299,6 +309,8 @@ def _installers() -> list[tuple[type, object]]:
         (NonLocal, _install_map_attention),
         (BottleneckSelfAttn, _install_map_attention),
         (VitAttention, _install_vit_attention),
+        (LinformerAttention, _install_vit_attention),
+        (EfficientAttention, _install_vit_attention),
         (VisionTransformer, _install_vit_model),
     ]
     try:  # Swin is optional so that capture works while zoo.models.swin is not importable
