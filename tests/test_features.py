@@ -265,7 +265,8 @@ def _family(name: str) -> str:
 FAMILY_REPS = {
     "resnet18": {}, "resnext50_32x4d": dict(layers=(1, 1, 1, 1)), "se_resnet18": {}, "cbam_resnet18": {},
     "eca_resnet18": {}, "gc_resnet18": {}, "nl_resnet18": {}, "sa_resnet50": dict(layers=(1, 1, 1, 2), img_size=64),
-    "vit_t_16": dict(img_size=64, embed_dim=32, depth=4, num_heads=2), "swin_t": dict(SWIN_TINY, window_size=4),
+    "vit_t_16": dict(img_size=64, embed_dim=32, depth=4, num_heads=2),
+    "deit_t_16_distilled": dict(img_size=64, embed_dim=32, depth=4, num_heads=2), "swin_t": dict(SWIN_TINY, window_size=4),
     "swin_v2_t": dict(SWIN_TINY, window_size=4),
 }
 
