@@ -149,6 +149,10 @@ def test_capture_linformer_gives_the_k_length_map():
     assert maps.kinds["blocks.0.attn"] == "projected" and m.shape == (2, 2, 21, 8)
     torch.testing.assert_close(m.sum(-1), torch.ones(2, 2, 21))
     assert "rollout" not in maps  # no token-to-token map to multiply
+    square = _tiny("linformer", attn_kwargs={"k": 17}).eval()  # k == N: still the projected map
+    with torch.no_grad(), zoo.capture_attention(square) as maps:
+        square(torch.randn(1, 3, 64, 64))
+    assert maps.kinds["blocks.0.attn"] == "projected" and "rollout" not in maps
 
 
 def test_capture_efficient_gives_equivalent_weights_and_rollout():

@@ -344,7 +344,7 @@ class VisionTransformer(nn.Module):
         Returns:
             ``(final, maps)``, or ``maps`` if ``intermediates_only``: ``final`` is the normed tokens
             ``[B, P + gh * gw, C]`` (as ``forward_features`` unless stopped early); each map drops the
-            class token: ``[B, C, gh, gw]`` (NCHW) or ``[B, gh * gw, C]`` (NLC), ``gh = H // patch``.
+            prefix tokens: ``[B, C, gh, gw]`` (NCHW) or ``[B, gh * gw, C]`` (NLC), ``gh = H // patch``.
         """
         check_output_fmt(output_fmt, ("NCHW", "NLC"), type(self).__name__)
         take, last = feature_take_indices(len(self.blocks), indices)

@@ -168,7 +168,7 @@ def _install_vit_attention(name, m: VitAttention, maps, opts):
     def hook(_mod, args):
         with torch.no_grad():  # vit_attn modules give their own weights: [B, heads, N, N] or Linformer's [.., N, k]
             probs = m.attention_weights(args[0]) if hasattr(m, "attention_weights") else _vit_probs(m, args[0])
-        if probs.shape[-1] != probs.shape[-2]:  # Linformer: no token-to-token map, so no cls map nor rollout
+        if isinstance(m, LinformerAttention):  # [B, heads, N, k]: no token-to-token map, so no cls map nor rollout
             maps.put(name, "projected", probs)
             if opts["keep_full"]:
                 maps.full[name] = probs
