@@ -33,12 +33,30 @@ def _install_pvt(name, m, maps, opts):
     return [m.register_forward_pre_hook(hook)]
 
 
+def _install_lite_mla(name, m, maps, opts):
+    def hook(_mod, args):
+        x = args[0]  # B, C, H, W
+        with torch.no_grad():
+            w = m.linear_attention_weights(x)  # B, heads_total, N, N
+        maps.put(name, "linear", w, grid=tuple(x.shape[-2:]))
+        if opts["keep_full"]:
+            maps.full[name] = w
+
+    return [m.register_forward_pre_hook(hook)]
+
+
 def installers() -> list[tuple[type, object]]:
     out = []
     try:
         from ..models.pvt_v2 import SpatialReductionAttention
 
         out.append((SpatialReductionAttention, _install_pvt))
+    except ImportError:
+        pass
+    try:
+        from ..models.efficientvit import LiteMLA
+
+        out.append((LiteMLA, _install_lite_mla))
     except ImportError:
         pass
     return out
