@@ -45,6 +45,38 @@ def _install_lite_mla(name, m, maps, opts):
     return [m.register_forward_pre_hook(hook)]
 
 
+def _install_xca(name, m, maps, opts):
+    def hook(_mod, args):
+        with torch.no_grad():
+            probs = m.attention_probs(args[0])  # B, heads, d, d
+        maps.put(name, "xca", probs)
+        if opts["keep_full"]:
+            maps.full[name] = probs
+
+    return [m.register_forward_pre_hook(hook)]
+
+
+def _install_class_attn(name, m, maps, opts):
+    def hook(_mod, args):
+        with torch.no_grad():
+            probs = m.attention_probs(args[0])[:, :, 0]  # B, heads, 1 + N
+        grid = opts.get("_xcit_grid")
+        n = probs.shape[-1] - 1
+        if grid is None or grid[0] * grid[1] != n:  # no XCiT model seen: assume a square grid
+            side = int(round(n**0.5))
+            grid = (side, n // max(side, 1))
+        maps.put(name, "cls", probs[..., 1:].reshape(*probs.shape[:2], *grid), grid=grid)
+
+    return [m.register_forward_pre_hook(hook)]
+
+
+def _install_xcit_model(name, m, maps, opts):
+    def grid(_mod, _inp, out):  # (tokens, (gh, gw))
+        opts["_xcit_grid"] = tuple(out[1])
+
+    return [m.patch_embed.register_forward_hook(grid)]
+
+
 def installers() -> list[tuple[type, object]]:
     out = []
     try:
@@ -57,6 +89,12 @@ def installers() -> list[tuple[type, object]]:
         from ..models.efficientvit import LiteMLA
 
         out.append((LiteMLA, _install_lite_mla))
+    except ImportError:
+        pass
+    try:
+        from ..models.xcit import XCA, ClassAttn, Xcit
+
+        out += [(XCA, _install_xca), (ClassAttn, _install_class_attn), (Xcit, _install_xcit_model)]
     except ImportError:
         pass
     return out
