@@ -76,10 +76,11 @@ class SpatialReductionAttention(nn.Module):
         B, N, C = x.shape
         q = self.q(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
         if self.sr is not None:
-            y = x.transpose(1, 2).reshape(B, C, *feat_size)  # B, C, H, W
+            # Views in and out of the conv (channels-last memory), no copies.
+            y = x.view(B, *feat_size, C).permute(0, 3, 1, 2)  # B, C, H, W
             if self.pool is not None:
                 y = self.pool(y)
-            y = self.norm(self.sr(y).flatten(2).transpose(1, 2))  # B, N_r, C
+            y = self.norm(self.sr(y).permute(0, 2, 3, 1).reshape(B, -1, C))  # B, N_r, C
             if self.act is not None:
                 y = self.act(y)
         else:
@@ -114,8 +115,8 @@ class ConvMlp(nn.Module):
     def forward(self, x: torch.Tensor, feat_size: tuple[int, int]) -> torch.Tensor:
         x = self.fc1(x)
         B, N, C = x.shape
-        x = self.relu(x.transpose(1, 2).reshape(B, C, *feat_size))
-        x = self.act(self.dwconv(x).flatten(2).transpose(1, 2))  # B, N, hidden
+        x = self.relu(x.view(B, *feat_size, C).permute(0, 3, 1, 2))  # B, hidden, H, W (a view)
+        x = self.act(self.dwconv(x).permute(0, 2, 3, 1).reshape(B, N, C))  # B, N, hidden
         return self.drop(self.fc2(self.drop(x)))
 
 
