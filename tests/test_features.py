@@ -267,6 +267,7 @@ FAMILY_REPS = {
     "eca_resnet18": {}, "gc_resnet18": {}, "nl_resnet18": {}, "sa_resnet50": dict(layers=(1, 1, 1, 2), img_size=64),
     "vit_t_16": dict(img_size=64, embed_dim=32, depth=4, num_heads=2), "swin_t": dict(SWIN_TINY, window_size=4),
     "swin_v2_t": dict(SWIN_TINY, window_size=4),
+    "pvt_v2_b0": dict(depths=(1, 1, 1, 1)), "efficientvit_b0": {}, "xcit_t12_16": dict(depth=3),
 }
 
 
