@@ -13,6 +13,9 @@ CASES = [
     ("vit_t_16", {"img_size": 32, "patch_size": 8, "depth": 2}, 32),
     ("swin_t", {"embed_dim": 24, "depths": (2, 2), "num_heads": (2, 4), "window_size": 4}, 36),  # padded, shifted
     ("swin_v2_t", {"embed_dim": 24, "depths": (2, 2), "num_heads": (2, 4), "window_size": 4}, 36),
+    ("pvt_v2_b0", {"depths": (1, 1, 1, 1)}, 64),
+    ("efficientvit_b0", {}, 64),  # the float32 (autocast-off) linear attention stays in the graph
+    ("xcit_t12_16", {"depth": 2}, 48),
 ]
 
 

@@ -1,2 +1,2 @@
 """Backbones, one family per file. Each entry point registers itself with ``@register_model``."""
-from . import deit, resnet, swin, vit  # noqa: F401  (importing them fills the registry)
+from . import deit, efficientvit, pvt_v2, resnet, swin, vit, xcit  # noqa: F401  (importing them fills the registry)

@@ -52,6 +52,10 @@ KINDS = {
     "projected": "[B, heads, N, k] attention of every token over the k projected keys - ViT attn='linformer'",
     "rollout": "[B, gh, gw] attention rollout from the class token - ViT",
     "window": "[B, heads, H, W] attention received per position, averaged over its window's queries - Swin",
+    # zoo/viz/efficient_capture.py says how each is computed.
+    "reduced": "[B, heads, N, N_r] softmax over spatially reduced keys, rows sum 1 - PVT v2",
+    "linear": "[B, heads, N, N] equivalent per-query weights of ReLU linear attention, rows sum 1 - EfficientViT",
+    "xca": "[B, heads, C/h, C/h] cross-covariance (channel) attention, rows sum 1 - XCiT",
 }
 
 
@@ -319,7 +323,9 @@ def _installers() -> list[tuple[type, object]]:
         out.append((WindowAttention, _install_swin_attention))
     except ImportError:
         pass
-    return out
+    from .efficient_capture import installers as efficient_installers
+
+    return out + efficient_installers()
 
 
 @contextmanager
