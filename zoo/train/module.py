@@ -96,6 +96,10 @@ class ClassificationModule(L.LightningModule):
         mixup: timm ``Mixup`` kwargs (``mixup_alpha``, ``cutmix_alpha``, ``prob``, ...) or None.
         ema: ``{decay, ...}`` (timm ``ModelEmaV3`` kwargs) or None.
         grad_checkpointing: call the model's ``set_grad_checkpointing``.
+        distill: knowledge distillation (:mod:`zoo.compress.distill`): ``{teacher, teacher_ckpt,
+            teacher_pretrained, type: soft|hard, alpha, tau}``; None or ``teacher: null``: none. The
+            teacher is frozen, in eval mode and kept out of the module tree (not optimised, not in the
+            checkpoint's ``state_dict``; the checkpoint records only this config).
 
     A model with a distillation head (DeiT distilled) is switched to ``set_distilled_training``: a
     training forward gives ``(class_logits, dist_logits)`` and the loss is the mean of the two heads'
@@ -120,12 +124,16 @@ class ClassificationModule(L.LightningModule):
         mixup: Mapping | None = None,
         ema: Mapping | None = None,
         grad_checkpointing: bool = False,
+        distill: Mapping | None = None,
     ):
         super().__init__()
         # Plain containers before save_hyperparameters (it reads these locals): a pickled DictConfig
         # would make every checkpoint unloadable with weights_only=True.
         model, optimizer, scheduler = _plain(model), _plain(optimizer), _plain(scheduler)
         data_config, mixup, ema, class_names = _plain(data_config), _plain(mixup), _plain(ema), _plain(class_names)
+        from zoo.compress.distill import DistillLoss, check_distill_config, load_teacher
+
+        distill = check_distill_config(_plain(distill))  # before any model is built: a typo fails at once
         if not isinstance(model, Mapping) or "_target_" not in model or "name" not in model:
             raise ValueError("model must be a config with _target_ and name, e.g. {'_target_': "
                              f"'zoo.train.build_model', 'name': 'resnet18', 'kwargs': {{}}}}, got {model!r}.")
@@ -155,6 +163,12 @@ class ClassificationModule(L.LightningModule):
         # Kept out of the module tree so the checkpoint's state_dict is the plain model's (loadable by
         # zoo.create(pretrained=...)); its weights travel in checkpoint["ema_state_dict"].
         self._ema = [self._make_ema(ema)] if ema else []
+        self.distill = None
+        if distill is not None:  # the teacher lives in DistillLoss, outside the module tree, like the EMA
+            teacher = load_teacher(distill["teacher"], num_classes=num_classes, teacher_ckpt=distill.get("teacher_ckpt"),
+                                   teacher_pretrained=distill.get("teacher_pretrained"))
+            self.distill = DistillLoss(teacher, self.train_loss, type=distill["type"], alpha=distill["alpha"],
+                                       tau=distill["tau"])
         k = min(5, num_classes)
         self.val_top1, self.val_top5 = MulticlassAccuracy(num_classes, top_k=1, average="micro"), \
             MulticlassAccuracy(num_classes, top_k=k, average="micro")
@@ -181,6 +195,8 @@ class ClassificationModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.ema is not None:
             self.ema.to(self.device)
+        if self.distill is not None:
+            self.distill.teacher.to(self.device)
 
     def on_train_start(self) -> None:
         # Lightning restores loader positions only if the train loader is built after the loops are
@@ -202,11 +218,14 @@ class ClassificationModule(L.LightningModule):
                 x, y = x[:-1], y[:-1]
             x, target = self.mixup(x, y)
         logits = self.model(x)
-        if isinstance(logits, tuple):  # class and distillation heads: one loss each, averaged
+        if self.distill is not None:
+            loss = self.distill(x, logits, target)
+        elif isinstance(logits, tuple):  # class and distillation heads, no teacher: one label loss each, averaged
             loss = sum(self.train_loss(t, target) for t in logits) / len(logits)
-            logits = sum(logits) / len(logits)  # what evaluation returns, for the train metric
         else:
             loss = self.train_loss(logits, target)
+        if isinstance(logits, tuple):
+            logits = sum(logits) / len(logits)  # what evaluation returns, for the train metric
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"Loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}, "
