@@ -106,3 +106,31 @@ def test_bad_inputs():
     zoo.attach(net, "se")
     with pytest.raises(ValueError, match="attached twice"):
         zoo.attach(net, "se")
+
+
+@pytest.mark.parametrize("name, n_blocks", [("ecaresnet26t", 8), ("seresnext26ts", 8)])
+def test_presets_cover_zoo_timm_twins(name, n_blocks):
+    net = zoo.create(name, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = net(x)
+    assert len(zoo.attach(net, "cbam")) == n_blocks
+    with torch.no_grad():
+        assert torch.allclose(net(x), ref, atol=1e-6 * ref.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("host, n_blocks", [
+    (lambda: torchvision.models.mobilenet_v2(), 17),
+    (lambda: torchvision.models.regnet_y_400mf(), 16),
+    (lambda: timm.create_model("efficientnet_b0"), 16),
+    (lambda: timm.create_model("mobilenetv3_small_100"), 11),
+    (lambda: timm.create_model("regnety_002"), 13),
+], ids=["tv_mobilenet_v2", "tv_regnet_y_400mf", "timm_efficientnet_b0", "timm_mobilenetv3_small", "timm_regnety_002"])
+def test_family_presets_identity(host, n_blocks):
+    net = host().eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = net(x)
+    assert len(zoo.attach(net, "eca")) == n_blocks
+    with torch.no_grad():
+        assert torch.allclose(net(x), ref, atol=1e-6 * ref.abs().max().item(), rtol=0)

@@ -74,8 +74,8 @@ PRESETS: dict[str, AttachPreset] = {
     "efficientnet": AttachPreset(("efficientnet",), {"MBConv": "", "FusedMBConv": "", "InvertedResidual": "",
                                                      "DepthwiseSeparableConv": "", "EdgeResidual": ""}),
     "regnet": AttachPreset(("regnet",), {"ResBottleneckBlock": "", "Bottleneck": ""}),
-    "byobnet": AttachPreset(("byobnet",), {"BasicBlock": "", "BottleneckBlock": "", "DarkBlock": "",
-                                           "EdgeBlock": "", "RepVggBlock": ""}),
+    "byobnet": AttachPreset(("byobnet", "byobattnnet"), {"BasicBlock": "", "BottleneckBlock": "", "DarkBlock": "",
+                                                        "EdgeBlock": "", "RepVggBlock": "", "ByobBottleneck": ""}),
 }
 
 
