@@ -252,7 +252,10 @@ def test_default_capped_for_shallow_vit():
 
 
 def _family(name: str) -> str:
-    """resnet / <attn> (attention ResNets and ResNeXts) / vit / swin / swin_v2."""
+    """resnet / <attn> (attention ResNets and ResNeXts) / vit / swin / swin_v2; timm's attention CNNs by file."""
+    module = zoo.registry.get_model_entry(name).fn.__module__.rsplit(".", 1)[-1]
+    if module in ("timm_attn", "byob_attn"):  # timm's names (seresnext26d_32x4d, eca_botnext26ts_256, ...)
+        return module
     if name.startswith("swin_v2"):
         return "swin_v2"
     if name.startswith(("swin", "vit")):
@@ -268,6 +271,7 @@ FAMILY_REPS = {
     "vit_t_16": dict(img_size=64, embed_dim=32, depth=4, num_heads=2),
     "deit_t_16_distilled": dict(img_size=64, embed_dim=32, depth=4, num_heads=2), "swin_t": dict(SWIN_TINY, window_size=4),
     "swin_v2_t": dict(SWIN_TINY, window_size=4),
+    "ecaresnet26t": {}, "seresnext26ts": {},
     "pvt_v2_b0": dict(depths=(1, 1, 1, 1)), "efficientvit_b0": {}, "xcit_t12_16": dict(depth=3),
 }
 

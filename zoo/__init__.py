@@ -5,6 +5,7 @@
 >>> zoo.list_models("swin*")
 """
 from . import accel, blocks, models  # noqa: F401  (importing blocks and models fills the registries)
+from .attach import attach, detach
 from .builder import create, resolve_pretrained_cfg
 from .registry import (
     create_block,
@@ -20,9 +21,11 @@ from .weights.catalog import list_pretrained, pretrained_cfg
 __version__ = "0.1.0"
 
 __all__ = [
+    "attach",
     "capture_attention",
     "create",
     "create_block",
+    "detach",
     "get_block",
     "list_blocks",
     "list_models",

@@ -33,7 +33,7 @@ class Impl:
 
 # Native input size by name pattern, for models that do not expose ``default_img_size``.
 _NATIVE_SIZES = (("swin_v2*", 256), ("*_256", 256), ("*halo*", 256), ("lambda_resnet26t", 256),
-                 ("bat_resnext26ts", 256), ("gcresnext26ts", 256), ("*resnet50t", 256), ("*", 224))
+                 ("bat_resnext26ts", 256), ("*resnext26ts", 256), ("*resnet50t", 256), ("*", 224))
 
 
 def native_img_size(name: str, model: nn.Module | None = None) -> int:
@@ -122,6 +122,7 @@ _SWIN_TIMM = {"swin_t": "swin_tiny_patch4_window7_224", "swin_s": "swin_small_pa
 # Models named as timm names them (timm's attention CNNs, PVT v2, EfficientViT) and the renamed ones.
 _SAME_NAME_TIMM = {"skresnet18", "skresnet34", "skresnext50_32x4d", "resnest14d", "resnest26d", "resnest50d",
                    "ecaresnet50d", "ecaresnet101d", "ecaresnet50t", "gcresnet50t", "seresnext26d_32x4d",
+                   "ecaresnet26t", "seresnext26t_32x4d", "seresnext26ts", "eca_resnext26ts",
                    "halonet26t", "sehalonet33ts", "eca_halonext26ts", "lambda_resnet26t", "botnet26t_256",
                    "eca_botnext26ts_256", "bat_resnext26ts", "gcresnext26ts",
                    "pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5", "pvt_v2_b2_li",

@@ -1,0 +1,219 @@
+"""timm's "bring your own blocks" attention ResNeXts (``*26ts``, ``gcresnet50t``) as stage tables, from zoo blocks.
+
+Ross Wightman's ByobNet configurations (timm/models/byobnet.py) for ResNet-26/50 with a tiered
+3x3 stem (24, 32, 64 channels; "t") and SiLU ("s") or ReLU, attention inside every bottleneck
+*after the grouped 3x3 conv*, on the bottleneck width (not after the last 1x1 as in SENet's
+ResNet): ``se`` (SENet, arXiv:1709.01507), ``eca`` (ECA-Net, arXiv:1910.03151) or ``gc``
+(GCNet, arXiv:1904.11492, timm's ``gca``: additive fusion, ``rd_ratio=1/8``, LayerNorm eps 1e-6).
+The shortcut is a strided 1x1 conv + BN when the shape changes. Every variant is a row of
+:data:`BYOB_ATTN_ARCHS`. Parameter names are timm's except the classifier (``fc``, timm ``head.fc``)
+and GC's MLP (timm wraps it in ``mlp_add``); :func:`filter_fn` converts.
+"""
+from __future__ import annotations
+
+import functools
+import re
+
+import torch
+import torch.nn as nn
+
+from ..layers import check_image_input, check_int
+from ..registry import create_block, register_model
+from .features import check_output_fmt, feature_take_indices
+
+__all__ = ["ByobAttnNet", "BYOB_ATTN_ARCHS", "filter_fn"]
+
+_ACTS = {"relu": nn.ReLU, "silu": nn.SiLU}
+# Block kwargs that make a zoo block timm's attn_layer of that name.
+_ATTN_KWARGS = {"se": {}, "eca": {}, "gc": dict(rd_ratio=1 / 8, norm_layer=functools.partial(nn.LayerNorm, eps=1e-6))}
+
+
+class ConvBnAct(nn.Sequential):
+    """``conv`` (no bias) -> ``bn`` -> ``act``: ``[B, cin, H, W]`` -> ``[B, cout, H / stride, W / stride]``."""
+
+    def __init__(self, cin, cout, k=1, stride=1, groups=1, act=None):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = act() if act is not None else nn.Identity()
+
+
+class ByobBottleneck(nn.Module):
+    """1x1 -> grouped 3x3 (stride) -> attention -> 1x1, plus shortcut, then the activation.
+
+    Shapes: ``[B, cin, H, W]`` -> ``[B, cout, H / stride, W / stride]``.
+    """
+
+    def __init__(self, cin, cout, stride, groups, attn, act):
+        super().__init__()
+        mid = cout // 4
+        self.shortcut = ConvBnAct(cin, cout, 1, stride) if (cin != cout or stride != 1) else None
+        self.conv1_1x1 = ConvBnAct(cin, mid, 1, act=act)
+        self.conv2_kxk = ConvBnAct(mid, mid, 3, stride, groups=groups, act=act)
+        self.attn = create_block(attn, mid, **_ATTN_KWARGS.get(attn, {})) if attn else nn.Identity()
+        self.conv3_1x1 = ConvBnAct(mid, cout, 1)
+        self.act = act()
+        for m in self.modules():
+            if isinstance(m, ConvBnAct):  # the attention block keeps its own init (gc: zero last conv)
+                nn.init.kaiming_normal_(m.conv.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv3_1x1(self.attn(self.conv2_kxk(self.conv1_1x1(x))))
+        return self.act(out + (x if self.shortcut is None else self.shortcut(x)))
+
+
+class ByobAttnNet(nn.Module):
+    """Tiered stem, four bottleneck stages of widths 256..2048, global average pool, ``fc``.
+
+    Args:
+        depths: blocks per stage.
+        group_width: channels per group of the 3x3 conv (None: ungrouped).
+        attn: registered block name inside each bottleneck (``se``, ``eca``, ``gc``) or None.
+        act: ``"relu"`` or ``"silu"``.
+        stem_pool: max-pool after the stem (``*ts``); else the stem's last conv strides (``gcresnet50t``).
+        num_classes, in_chans: classifier outputs (0: none), image channels.
+        default_img_size: the size the weights were trained at (any size works).
+
+    Shapes: ``[B, in_chans, H, W]`` -> ``[B, num_classes]``; ``forward_features``: ``[B, 2048, H / 32, W / 32]``.
+    """
+
+    def __init__(self, depths=(2, 2, 2, 2), *, group_width: int | None = 32, attn: str | None = "se",
+                 act: str = "silu", stem_pool: bool = True, num_classes: int = 1000, in_chans: int = 3,
+                 default_img_size: int = 256):
+        super().__init__()
+        check_int("ByobAttnNet", "depths", tuple(depths))
+        check_int("ByobAttnNet", "num_classes", num_classes, 0)
+        check_int("ByobAttnNet", "in_chans", in_chans)
+        if act not in _ACTS:
+            raise ValueError(f"act must be one of {sorted(_ACTS)}, got {act!r}.")
+        act_layer = _ACTS[act]
+        self.in_chans, self.default_img_size = in_chans, default_img_size
+        self.arch = f"ByobAttnNet(depths={tuple(depths)}, attn={attn!r})"
+        self.grad_checkpointing = False
+        self.stem = nn.Sequential()
+        self.stem.conv1 = ConvBnAct(in_chans, 24, 3, 2, act=act_layer)
+        self.stem.conv2 = ConvBnAct(24, 32, 3, 1, act=act_layer)
+        self.stem.conv3 = ConvBnAct(32, 64, 3, 1 if stem_pool else 2, act=act_layer)
+        if stem_pool:
+            self.stem.pool = nn.MaxPool2d(3, 2, 1)
+        # The stem map is the last one at /2, as timm reports it: conv3 before the pool (*ts), else conv2.
+        self._stem_feat = "conv3" if stem_pool else "conv2"
+        self.feature_info = [dict(num_chs=64 if stem_pool else 32, reduction=2, module=f"stem.{self._stem_feat}")]
+        stages, cin, red = [], 64, 4
+        for i, (d, cout) in enumerate(zip(depths, (256, 512, 1024, 2048))):
+            blocks = []
+            for j in range(d):
+                s = 2 if (i > 0 and j == 0) else 1
+                groups = (cout // 4) // group_width if group_width else 1
+                blocks.append(ByobBottleneck(cin, cout, s, groups, attn, act_layer))
+                cin = cout
+            red *= 2 if i > 0 else 1
+            stages.append(nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=cout, reduction=red, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.num_features = cin
+        self.fc = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def no_weight_decay(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if p.ndim <= 1}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def _run(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        for blk in stage:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_chans, H, W]`` -> ``[B, 2048, H / 32, W / 32]``."""
+        check_image_input(x, self.in_chans, 1, self.arch)
+        x = self.stem(x)
+        for stage in self.stages:
+            x = self._run(stage, x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean((2, 3))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    default_out_indices = None  # the stem and all four stages, as timm's features_only
+
+    def forward_intermediates(self, x, indices=None, norm=False, stop_early=False, output_fmt="NCHW",
+                              intermediates_only=False):
+        """The stem's and each stage's output (timm's signature; ``norm`` has no effect: no final norm).
+
+        ``x``: ``[B, in_chans, H, W]``; map ``i`` is ``[B, feature_info[i]["num_chs"], H / r, W / r]``.
+        """
+        check_output_fmt(output_fmt, ("NCHW",), self.arch)
+        stages = [s for s in self.stages if len(s)]
+        take, last = feature_take_indices(1 + len(stages), indices)
+        check_image_input(x, self.in_chans, 1, self.arch)
+        maps = []
+        for name, m in self.stem.named_children():
+            x = m(x)
+            if name == self._stem_feat and 0 in take:
+                maps.append(x)
+        for i, stage in enumerate(stages[:last] if stop_early else stages, start=1):
+            x = self._run(stage, x)
+            if i in take:
+                maps.append(x)
+        return maps if intermediates_only else (x, maps)
+
+    def prune_intermediate_layers(self, indices=1, prune_norm=False, prune_head=True) -> list[int]:
+        """Empty the stages after the deepest of ``indices`` (and drop ``fc`` if ``prune_head``)."""
+        take, last = feature_take_indices(1 + len(self.stages), indices)
+        for i in range(last, len(self.stages)):
+            self.stages[i] = nn.Sequential()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
+
+_RENAMES = ((re.compile(r"^head\.fc\."), "fc."), (re.compile(r"\.attn\.mlp_add\."), ".attn."))
+
+
+def filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """timm ByobNet keys -> zoo: ``head.fc.*`` -> ``fc.*``, GC's ``attn.mlp_add.*`` -> ``attn.*``."""
+    out = {}
+    for k, v in state_dict.items():
+        for pat, rep in _RENAMES:
+            k = pat.sub(rep, k)
+        out[k] = v
+    return out
+
+
+# name -> ByobAttnNet arguments; timm/models/byobnet.py model_cfgs define the same rows.
+BYOB_ATTN_ARCHS = {
+    "seresnext26ts": dict(depths=(2, 2, 2, 2), group_width=32, attn="se", act="silu"),
+    "eca_resnext26ts": dict(depths=(2, 2, 2, 2), group_width=32, attn="eca", act="silu"),
+    "gcresnext26ts": dict(depths=(2, 2, 2, 2), group_width=32, attn="gc", act="silu"),
+    "gcresnet50t": dict(depths=(3, 4, 6, 3), group_width=None, attn="gc", act="relu", stem_pool=False),
+}
+
+
+def _create(arch: dict, **kwargs) -> ByobAttnNet:
+    return ByobAttnNet(**{**arch, **kwargs})
+
+
+def _entry(name: str, arch: dict):
+    fn = functools.partial(_create, arch)
+    fn.__name__, fn.__module__ = name, __name__
+    fn.__doc__ = f"{name} (timm's ByobNet layout and names): {arch}; keyword arguments go to :class:`ByobAttnNet`."
+    return fn
+
+
+for _name, _arch in BYOB_ATTN_ARCHS.items():
+    register_model(_entry(_name, _arch), filter_fn=filter_fn)
