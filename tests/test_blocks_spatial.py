@@ -7,7 +7,7 @@ import torch.nn as nn
 
 import zoo
 
-NEW = ["sk", "splat", "lambda"]
+NEW = ["sk", "splat", "lambda", "halo"]
 
 
 def _x(c=32, h=13, w=17, seed=0, b=2):
@@ -102,3 +102,24 @@ def test_resnet_variant_builds_and_runs(name):
         m = zoo.create(f"{name}_{arch}", num_classes=3).eval()
         with torch.no_grad():
             assert m(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+
+
+def test_halo_parity_timm():
+    from timm.layers.halo_attn import HaloAttn as Ref
+
+    for stride in (1, 2):
+        ours = zoo.create_block("halo", 32, num_heads=4, block_size=4, halo_size=1, stride=stride, mask_padding=False)
+        _parity(ours, Ref(32, num_heads=4, block_size=4, halo_size=1, stride=stride), [(8, 8), (12, 16)])
+
+
+def test_halo_padded_positions_get_no_weight():
+    block = zoo.create_block("halo", 32, num_heads=4, block_size=4, halo_size=2)
+    a = block.attention_weights(_x(h=8, w=8))  # B, heads, 4 blocks, 16, 64; window 8x8
+    assert torch.allclose(a.sum(-1), torch.ones(()))
+    win = a[0, 0, 0].view(16, 8, 8)  # top-left block: its top 2 rows and left 2 columns are padding
+    assert win[:, :2].abs().max() == 0 and win[:, :, :2].abs().max() == 0
+    assert (win[:, 2:, 2:] > 0).all()
+    # and the padding masks out: a zero-valued feature map changes nothing, it only lacks keys
+    unmasked = zoo.create_block("halo", 32, num_heads=4, block_size=4, halo_size=2, mask_padding=False)
+    unmasked.load_state_dict(block.state_dict())
+    assert (unmasked.attention_weights(_x(h=8, w=8))[0, 0, 0].view(16, 8, 8)[:, :2] > 0).all()
