@@ -5,3 +5,4 @@ out, any H x W. Keyword names are shared: ``rd_ratio``, ``rd_channels``, ``act_l
 ``norm_layer``, ``gate_layer``. Unknown keywords raise ``TypeError``.
 """
 from . import cbam, eca, gc, non_local, se, self_attn  # noqa: F401  (importing registers each block)
+from . import halo, lambda_layer, selective_kernel, split_attn  # noqa: F401

@@ -37,7 +37,10 @@ from .features import check_output_fmt, feature_take_indices
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "ATTN_PLACEMENT", "NL_AFTER", "filter_fn"]
 
 # Where a block goes. Names not listed go on the residual branch ("residual").
-ATTN_PLACEMENT = {"nl": "post", "sa": "conv2"}
+ATTN_PLACEMENT = {"nl": "post", "sa": "conv2", "sk": "conv2", "splat": "conv2", "lambda": "conv2", "halo": "conv2"}
+# Stages whose conv2 a "conv2"-placed block replaces (default: all); those taking ``groups`` get ResNeXt's.
+CONV2_STAGES = {"sa": (4,), "lambda": (4,), "halo": (4,)}
+CONV2_GROUPED = ("sk", "splat")
 # Non-local: stage index (1-based, layer{i}) -> block indices it follows.
 NL_AFTER = {2: (1, 3), 3: (1, 3, 5)}
 
@@ -106,7 +109,7 @@ class BasicBlock(_ResBlock):
             self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
             _init_conv(self.conv2)
         else:
-            self.conv2 = create_block("sa", planes, feat_size=sa_feat_size, stride=1, **(attn_kwargs or {}))
+            self.conv2 = create_block(attn, planes, feat_size=sa_feat_size, stride=1, **(attn_kwargs or {}))
         self.bn2 = _norm(planes)
         self.downsample = downsample
         _init_conv(self.conv1)
@@ -144,7 +147,8 @@ class Bottleneck(_ResBlock):
             _init_conv(self.conv2)
         else:
             # BoTNet: attention instead of the 3x3; the block pools 2x2 after attending when stride=2.
-            self.conv2 = create_block("sa", width, feat_size=sa_feat_size, stride=stride, **(attn_kwargs or {}))
+            grouped = {"groups": groups} if groups > 1 and attn in CONV2_GROUPED else {}
+            self.conv2 = create_block(attn, width, feat_size=sa_feat_size, stride=stride, **grouped, **(attn_kwargs or {}))
         self.bn2 = _norm(width)
         self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
         self.bn3 = _norm(out_ch)
@@ -244,12 +248,12 @@ class ResNet(nn.Module):
                     _init_conv(conv)
                     downsample = nn.Sequential(conv, _norm(planes * block_cls.expansion))
                 sa_feat = None
-                if place == "conv2" and stage == 4:
+                if place == "conv2" and stage in CONV2_STAGES.get(attn, (1, 2, 3, 4)):
                     # Bottleneck attends before its stride, BasicBlock after (conv1 strides).
                     sa_feat = feat if block == "bottleneck" else -(-feat // s)
                 blocks.append(block_cls(
                     inplanes, planes, s, downsample,
-                    attn=attn if place in ("residual", "post") else None,
+                    attn=attn,
                     attn_kwargs=attn_kwargs,
                     post=place == "post" and i in NL_AFTER.get(stage, ()),
                     sa_feat_size=sa_feat,
@@ -458,7 +462,7 @@ _ARCHS = {
     "resnext50_32x4d": dict(layers=(3, 4, 6, 3), block="bottleneck", groups=32, width_per_group=4),
 }
 # Prefixes registered as ``{prefix}_{arch}``, each fixing ``attn``.
-ATTN_VARIANTS = ("se", "cbam", "eca", "gc", "nl", "sa")
+ATTN_VARIANTS = ("se", "cbam", "eca", "gc", "nl", "sa", "sk", "splat", "lambda", "halo")
 
 
 def _create_resnet(arch: dict, **kwargs) -> ResNet:
