@@ -271,7 +271,8 @@ FAMILY_REPS = {
     "vit_t_16": dict(img_size=64, embed_dim=32, depth=4, num_heads=2),
     "deit_t_16_distilled": dict(img_size=64, embed_dim=32, depth=4, num_heads=2), "swin_t": dict(SWIN_TINY, window_size=4),
     "swin_v2_t": dict(SWIN_TINY, window_size=4),
-    "ecaresnet26t": {}, "seresnext26ts": {},
+    "ecaresnet26t": {}, "seresnext26ts": {}, "sk_resnet18": {}, "splat_resnet18": {}, "lambda_resnet18": {},
+    "halo_resnet18": {},
     "pvt_v2_b0": dict(depths=(1, 1, 1, 1)), "efficientvit_b0": {}, "xcit_t12_16": dict(depth=3),
 }
 
