@@ -1,13 +1,13 @@
-"""timm's "bring your own blocks" attention nets (``*26ts``, ``gcresnet50t``, ``botnet26t_256``) as stage tables.
+"""timm's "bring your own blocks" attention nets (``*26ts``, ``gcresnet50t``, BoTNets) as stage tables.
 
 Ross Wightman's ByobNet configurations (timm/models/byobnet.py) for ResNet-26/50 with a tiered
 3x3 stem (24, 32, 64 channels; "t") and SiLU ("s") or ReLU, attention inside every bottleneck
 *after the grouped 3x3 conv*, on the bottleneck width (not after the last 1x1 as in SENet's
 ResNet): ``se`` (SENet, arXiv:1709.01507), ``eca`` (ECA-Net, arXiv:1910.03151) or ``gc``
 (GCNet, arXiv:1904.11492, timm's ``gca``: additive fusion, ``rd_ratio=1/8``, LayerNorm eps 1e-6).
-``botnet26t_256`` (BoTNet, arXiv:2101.11605) replaces the 3x3 by the zoo's ``sa`` block in the
-second block of stage 3 and both blocks of stage 4 (``stage_types``), its tables built for
-``img_size``. The shortcut is a strided 1x1 conv + BN when the shape changes. Every variant is a row of
+``botnet26t_256`` and ``eca_botnext26ts_256`` (BoTNet, arXiv:2101.11605; the latter with 16-wide
+q/k heads) replace the 3x3 by the zoo's ``sa`` block in the second block of stage 3 and both
+blocks of stage 4 (``stage_types``), its tables built for ``img_size``. The shortcut is a strided 1x1 conv + BN when the shape changes. Every variant is a row of
 :data:`BYOB_ATTN_ARCHS`. Parameter names are timm's except the classifier (``fc``, timm ``head.fc``)
 and GC's MLP (timm wraps it in ``mlp_add``); :func:`filter_fn` converts.
 """
@@ -19,6 +19,7 @@ import re
 import torch
 import torch.nn as nn
 
+from ..blocks.self_attn import BottleneckSelfAttn
 from ..layers import check_image_input, check_int
 from ..registry import create_block, register_model
 from .features import check_output_fmt, feature_take_indices
@@ -64,6 +65,33 @@ class ByobBottleneck(nn.Module):
         return self.act(out + (x if self.shortcut is None else self.shortcut(x)))
 
 
+class NarrowQKSelfAttn(BottleneckSelfAttn):
+    """The ``sa`` block with q and k heads ``qk_head_dim`` wide while v heads stay ``channels / num_heads``
+    (timm's ``BottleneckAttn(dim_head=...)``, used by ``eca_botnext26ts_256``); relative tables are
+    ``qk_head_dim`` wide. ``qkv`` output channels: ``[q (heads * dk) | k (heads * dk) | v (C)]``.
+
+    Shapes: as :class:`~zoo.blocks.self_attn.BottleneckSelfAttn`.
+    """
+
+    def __init__(self, channels: int, *, qk_head_dim: int, **kwargs):
+        super().__init__(channels, **kwargs)
+        check_int("NarrowQKSelfAttn", "qk_head_dim", qk_head_dim)
+        self.v_head_dim, self.head_dim = self.head_dim, qk_head_dim
+        self.scale = qk_head_dim**-0.5
+        dk = self.num_heads * qk_head_dim
+        self.qkv = nn.Conv2d(channels, 2 * dk + channels, 1, bias=self.qkv.bias is not None)
+        self.rel_height = nn.Parameter(torch.empty(self.rel_height.shape[0], qk_head_dim))
+        self.rel_width = nn.Parameter(torch.empty(self.rel_width.shape[0], qk_head_dim))
+        self.reset_parameters()
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x``: ``[B, C, H, W]`` -> q, k ``[B, heads, HW, dk]``, v ``[B, heads, HW, C / heads]``."""
+        b, _, h, w = x.shape
+        dk = self.num_heads * self.head_dim
+        q, k, v = self.qkv(x).flatten(2).split([dk, dk, self.v_head_dim * self.num_heads], dim=1)
+        return tuple(t.reshape(b, self.num_heads, -1, h * w).transpose(-2, -1) for t in (q, k, v))
+
+
 class ByobSelfAttn(nn.Module):
     """BoTNet block (arXiv:2101.11605): 1x1 -> multi-head self-attention (``sa``, pools 2x2 when strided)
     -> BN + act -> 1x1, plus shortcut, then the activation.
@@ -74,12 +102,16 @@ class ByobSelfAttn(nn.Module):
     Shapes: ``[B, cin, H, W]`` -> ``[B, cout, H / stride, W / stride]``.
     """
 
-    def __init__(self, cin, cout, stride, groups, attn, act, *, feat_size, num_heads=4):
+    def __init__(self, cin, cout, stride, groups, attn, act, *, feat_size, num_heads=4, qk_head_dim=None):
         super().__init__()
         mid = cout // 4
         self.shortcut = ConvBnAct(cin, cout, 1, stride) if (cin != cout or stride != 1) else None
         self.conv1_1x1 = ConvBnAct(cin, mid, 1, act=act)
-        self.self_attn = create_block("sa", mid, num_heads=num_heads, feat_size=feat_size, stride=stride)
+        if qk_head_dim is None:
+            self.self_attn = create_block("sa", mid, num_heads=num_heads, feat_size=feat_size, stride=stride)
+        else:
+            self.self_attn = NarrowQKSelfAttn(mid, qk_head_dim=qk_head_dim, num_heads=num_heads,
+                                              feat_size=feat_size, stride=stride)
         self.post_attn = nn.Sequential()
         self.post_attn.bn, self.post_attn.act = nn.BatchNorm2d(mid), act()
         self.conv3_1x1 = ConvBnAct(mid, cout, 1)
@@ -103,6 +135,7 @@ class ByobAttnNet(nn.Module):
         act: ``"relu"`` or ``"silu"``.
         stage_types: per stage, the block types cycled over its blocks (``"bottle"``, ``"self_attn"``,
             comma-separated to interleave, as timm's ``interleave_blocks``).
+        qk_head_dim: q/k head width of the ``self_attn`` blocks (None: ``channels / num_heads``, as v).
         stem_pool: max-pool after the stem (``*ts``); else the stem's last conv strides (``gcresnet50t``).
         num_classes, in_chans: classifier outputs (0: none), image channels.
         img_size: the size the weights were trained at, and the one ``self_attn`` blocks build their
@@ -112,7 +145,7 @@ class ByobAttnNet(nn.Module):
     """
 
     def __init__(self, depths=(2, 2, 2, 2), *, group_width: int | None = 32, attn: str | None = "se",
-                 act: str = "silu", stage_types=("bottle",) * 4, stem_pool: bool = True,
+                 act: str = "silu", stage_types=("bottle",) * 4, qk_head_dim: int | None = None, stem_pool: bool = True,
                  num_classes: int = 1000, in_chans: int = 3, img_size: int = 256):
         super().__init__()
         check_int("ByobAttnNet", "depths", tuple(depths))
@@ -148,7 +181,8 @@ class ByobAttnNet(nn.Module):
                 s = 2 if (i > 0 and j == 0) else 1
                 groups = (cout // 4) // group_width if group_width else 1
                 if kinds[i][j % len(kinds[i])] == "self_attn":  # attends before its stride, at `feat`
-                    blocks.append(ByobSelfAttn(cin, cout, s, groups, attn, act_layer, feat_size=feat))
+                    blocks.append(ByobSelfAttn(cin, cout, s, groups, attn, act_layer, feat_size=feat,
+                                               qk_head_dim=qk_head_dim))
                 else:
                     blocks.append(ByobBottleneck(cin, cout, s, groups, attn, act_layer))
                 cin, feat = cout, -(-feat // s)
@@ -258,6 +292,8 @@ BYOB_ATTN_ARCHS = {
     "gcresnet50t": dict(depths=(3, 4, 6, 3), group_width=None, attn="gc", act="relu", stem_pool=False),
     "botnet26t_256": dict(depths=(2, 2, 2, 2), group_width=None, attn=None, act="relu",
                           stage_types=("bottle", "bottle", "bottle,self_attn", "self_attn")),
+    "eca_botnext26ts_256": dict(depths=(2, 2, 2, 2), group_width=16, attn="eca", act="silu", qk_head_dim=16,
+                                stage_types=("bottle", "bottle", "bottle,self_attn", "self_attn")),
 }
 
 

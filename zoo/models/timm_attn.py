@@ -15,9 +15,8 @@ places them. Each variant is one row of :data:`TIMM_ATTN_ARCHS` (depths, stem, a
 Parameter names are timm's except the attention module (``attn`` here, ``se`` in timm);
 :func:`zoo.models.resnet.filter_fn` converts, so timm checkpoints load.
 
-timm's ByobNet attention nets (``*26ts``, ``gcresnet50t``, ``botnet26t_256``) are in
-:mod:`zoo.models.byob_attn`. Not in the zoo yet: ``eca_botnext26ts_256`` (its attention has a
-q/k head width different from v's), and the sk / splat / halo / lambda / bat nets.
+timm's ByobNet attention nets (``*26ts``, ``gcresnet50t``, ``botnet26t_256``, ``eca_botnext26ts_256``) are in
+:mod:`zoo.models.byob_attn`. Not in the zoo yet: the sk / splat / halo / lambda / bat nets.
 """
 from __future__ import annotations
 
