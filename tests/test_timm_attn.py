@@ -13,10 +13,10 @@ FAST = {"ecaresnet26t", "seresnext26d_32x4d", "gcresnext26ts"}
 NAMES = [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in {**TIMM_ATTN_ARCHS, **BYOB_ATTN_ARCHS}]
 
 
-def _pair(name):
+def _pair(name, **kw):
     torch.manual_seed(0)
-    ref = timm.create_model(name, pretrained=False).eval()
-    ours = zoo.create(name).eval()
+    ref = timm.create_model(name, pretrained=False, **kw).eval()
+    ours = zoo.create(name, **kw).eval()
     entry = zoo.registry.get_model_entry(name)
     ours.load_state_dict(entry.filter_fn(ref.state_dict(), ours), strict=True)
     return ref, ours
@@ -29,6 +29,8 @@ def test_logits_parity_with_timm(name):
     native = ref.pretrained_cfg["input_size"][-1]
     assert ours.default_img_size == native
     for size in (native, 96):
+        if size != native and ref.pretrained_cfg.get("fixed_input_size"):  # BoTNet: tables built per size
+            ref, ours = _pair(name, img_size=size)
         x = torch.randn(1, 3, size, size)
         with torch.no_grad():
             a, b = ref(x), ours(x)

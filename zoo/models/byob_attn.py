@@ -1,11 +1,13 @@
-"""timm's "bring your own blocks" attention ResNeXts (``*26ts``, ``gcresnet50t``) as stage tables, from zoo blocks.
+"""timm's "bring your own blocks" attention nets (``*26ts``, ``gcresnet50t``, BoTNets) as stage tables.
 
 Ross Wightman's ByobNet configurations (timm/models/byobnet.py) for ResNet-26/50 with a tiered
 3x3 stem (24, 32, 64 channels; "t") and SiLU ("s") or ReLU, attention inside every bottleneck
 *after the grouped 3x3 conv*, on the bottleneck width (not after the last 1x1 as in SENet's
 ResNet): ``se`` (SENet, arXiv:1709.01507), ``eca`` (ECA-Net, arXiv:1910.03151) or ``gc``
 (GCNet, arXiv:1904.11492, timm's ``gca``: additive fusion, ``rd_ratio=1/8``, LayerNorm eps 1e-6).
-The shortcut is a strided 1x1 conv + BN when the shape changes. Every variant is a row of
+``botnet26t_256`` and ``eca_botnext26ts_256`` (BoTNet, arXiv:2101.11605; the latter with 16-wide
+q/k heads) replace the 3x3 by the zoo's ``sa`` block in the second block of stage 3 and both
+blocks of stage 4 (``stage_types``), its tables built for ``img_size``. The shortcut is a strided 1x1 conv + BN when the shape changes. Every variant is a row of
 :data:`BYOB_ATTN_ARCHS`. Parameter names are timm's except the classifier (``fc``, timm ``head.fc``)
 and GC's MLP (timm wraps it in ``mlp_add``); :func:`filter_fn` converts.
 """
@@ -17,6 +19,7 @@ import re
 import torch
 import torch.nn as nn
 
+from ..blocks.self_attn import BottleneckSelfAttn
 from ..layers import check_image_input, check_int
 from ..registry import create_block, register_model
 from .features import check_output_fmt, feature_take_indices
@@ -62,6 +65,66 @@ class ByobBottleneck(nn.Module):
         return self.act(out + (x if self.shortcut is None else self.shortcut(x)))
 
 
+class NarrowQKSelfAttn(BottleneckSelfAttn):
+    """The ``sa`` block with q and k heads ``qk_head_dim`` wide while v heads stay ``channels / num_heads``
+    (timm's ``BottleneckAttn(dim_head=...)``, used by ``eca_botnext26ts_256``); relative tables are
+    ``qk_head_dim`` wide. ``qkv`` output channels: ``[q (heads * dk) | k (heads * dk) | v (C)]``.
+
+    Shapes: as :class:`~zoo.blocks.self_attn.BottleneckSelfAttn`.
+    """
+
+    def __init__(self, channels: int, *, qk_head_dim: int, **kwargs):
+        super().__init__(channels, **kwargs)
+        check_int("NarrowQKSelfAttn", "qk_head_dim", qk_head_dim)
+        self.v_head_dim, self.head_dim = self.head_dim, qk_head_dim
+        self.scale = qk_head_dim**-0.5
+        dk = self.num_heads * qk_head_dim
+        self.qkv = nn.Conv2d(channels, 2 * dk + channels, 1, bias=self.qkv.bias is not None)
+        self.rel_height = nn.Parameter(torch.empty(self.rel_height.shape[0], qk_head_dim))
+        self.rel_width = nn.Parameter(torch.empty(self.rel_width.shape[0], qk_head_dim))
+        self.reset_parameters()
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x``: ``[B, C, H, W]`` -> q, k ``[B, heads, HW, dk]``, v ``[B, heads, HW, C / heads]``."""
+        b, _, h, w = x.shape
+        dk = self.num_heads * self.head_dim
+        q, k, v = self.qkv(x).flatten(2).split([dk, dk, self.v_head_dim * self.num_heads], dim=1)
+        return tuple(t.reshape(b, self.num_heads, -1, h * w).transpose(-2, -1) for t in (q, k, v))
+
+
+class ByobSelfAttn(nn.Module):
+    """BoTNet block (arXiv:2101.11605): 1x1 -> multi-head self-attention (``sa``, pools 2x2 when strided)
+    -> BN + act -> 1x1, plus shortcut, then the activation.
+
+    Args: as :class:`ByobBottleneck`, plus ``feat_size``, the map the attention sees (before its pool),
+    for its relative-position tables, and ``num_heads``.
+
+    Shapes: ``[B, cin, H, W]`` -> ``[B, cout, H / stride, W / stride]``.
+    """
+
+    def __init__(self, cin, cout, stride, groups, attn, act, *, feat_size, num_heads=4, qk_head_dim=None):
+        super().__init__()
+        mid = cout // 4
+        self.shortcut = ConvBnAct(cin, cout, 1, stride) if (cin != cout or stride != 1) else None
+        self.conv1_1x1 = ConvBnAct(cin, mid, 1, act=act)
+        if qk_head_dim is None:
+            self.self_attn = create_block("sa", mid, num_heads=num_heads, feat_size=feat_size, stride=stride)
+        else:
+            self.self_attn = NarrowQKSelfAttn(mid, qk_head_dim=qk_head_dim, num_heads=num_heads,
+                                              feat_size=feat_size, stride=stride)
+        self.post_attn = nn.Sequential()
+        self.post_attn.bn, self.post_attn.act = nn.BatchNorm2d(mid), act()
+        self.conv3_1x1 = ConvBnAct(mid, cout, 1)
+        self.act = act()
+        for m in (self.shortcut, self.conv1_1x1, self.conv3_1x1):
+            if m is not None:
+                nn.init.kaiming_normal_(m.conv.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv3_1x1(self.post_attn(self.self_attn(self.conv1_1x1(x))))
+        return self.act(out + (x if self.shortcut is None else self.shortcut(x)))
+
+
 class ByobAttnNet(nn.Module):
     """Tiered stem, four bottleneck stages of widths 256..2048, global average pool, ``fc``.
 
@@ -70,24 +133,35 @@ class ByobAttnNet(nn.Module):
         group_width: channels per group of the 3x3 conv (None: ungrouped).
         attn: registered block name inside each bottleneck (``se``, ``eca``, ``gc``) or None.
         act: ``"relu"`` or ``"silu"``.
+        stage_types: per stage, the block types cycled over its blocks (``"bottle"``, ``"self_attn"``,
+            comma-separated to interleave, as timm's ``interleave_blocks``).
+        qk_head_dim: q/k head width of the ``self_attn`` blocks (None: ``channels / num_heads``, as v).
         stem_pool: max-pool after the stem (``*ts``); else the stem's last conv strides (``gcresnet50t``).
         num_classes, in_chans: classifier outputs (0: none), image channels.
-        default_img_size: the size the weights were trained at (any size works).
+        img_size: the size the weights were trained at, and the one ``self_attn`` blocks build their
+            relative-position tables for (other sizes work; ``sa`` resamples its tables).
 
     Shapes: ``[B, in_chans, H, W]`` -> ``[B, num_classes]``; ``forward_features``: ``[B, 2048, H / 32, W / 32]``.
     """
 
     def __init__(self, depths=(2, 2, 2, 2), *, group_width: int | None = 32, attn: str | None = "se",
-                 act: str = "silu", stem_pool: bool = True, num_classes: int = 1000, in_chans: int = 3,
-                 default_img_size: int = 256):
+                 act: str = "silu", stage_types=("bottle",) * 4, qk_head_dim: int | None = None, stem_pool: bool = True,
+                 num_classes: int = 1000, in_chans: int = 3, img_size: int = 256):
         super().__init__()
         check_int("ByobAttnNet", "depths", tuple(depths))
         check_int("ByobAttnNet", "num_classes", num_classes, 0)
         check_int("ByobAttnNet", "in_chans", in_chans)
         if act not in _ACTS:
             raise ValueError(f"act must be one of {sorted(_ACTS)}, got {act!r}.")
+        check_int("ByobAttnNet", "img_size", img_size)
+        if len(stage_types) != len(depths):
+            raise ValueError(f"stage_types needs one entry per stage ({len(depths)}), got {stage_types!r}.")
+        kinds = [t.split(",") for t in stage_types]
+        bad = {k for ks in kinds for k in ks} - {"bottle", "self_attn"}
+        if bad:
+            raise ValueError(f"stage_types: unknown block type(s) {sorted(bad)}; choices: ['bottle', 'self_attn'].")
         act_layer = _ACTS[act]
-        self.in_chans, self.default_img_size = in_chans, default_img_size
+        self.in_chans, self.default_img_size = in_chans, img_size
         self.arch = f"ByobAttnNet(depths={tuple(depths)}, attn={attn!r})"
         self.grad_checkpointing = False
         self.stem = nn.Sequential()
@@ -100,13 +174,18 @@ class ByobAttnNet(nn.Module):
         self._stem_feat = "conv3" if stem_pool else "conv2"
         self.feature_info = [dict(num_chs=64 if stem_pool else 32, reduction=2, module=f"stem.{self._stem_feat}")]
         stages, cin, red = [], 64, 4
+        feat = -(-img_size // 4)  # map side entering stage 0
         for i, (d, cout) in enumerate(zip(depths, (256, 512, 1024, 2048))):
             blocks = []
             for j in range(d):
                 s = 2 if (i > 0 and j == 0) else 1
                 groups = (cout // 4) // group_width if group_width else 1
-                blocks.append(ByobBottleneck(cin, cout, s, groups, attn, act_layer))
-                cin = cout
+                if kinds[i][j % len(kinds[i])] == "self_attn":  # attends before its stride, at `feat`
+                    blocks.append(ByobSelfAttn(cin, cout, s, groups, attn, act_layer, feat_size=feat,
+                                               qk_head_dim=qk_head_dim))
+                else:
+                    blocks.append(ByobBottleneck(cin, cout, s, groups, attn, act_layer))
+                cin, feat = cout, -(-feat // s)
             red *= 2 if i > 0 else 1
             stages.append(nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=cout, reduction=red, module=f"stages.{i}"))
@@ -182,15 +261,25 @@ class ByobAttnNet(nn.Module):
         return take
 
 
-_RENAMES = ((re.compile(r"^head\.fc\."), "fc."), (re.compile(r"\.attn\.mlp_add\."), ".attn."))
+_RENAMES = ((re.compile(r"^head\.fc\."), "fc."), (re.compile(r"\.attn\.mlp_add\."), ".attn."),
+            (re.compile(r"\.post_attn\.(weight|bias|running_mean|running_var|num_batches_tracked)$"), r".post_attn.bn.\1"),
+            (re.compile(r"\.self_attn\.pos_embed\.height_rel$"), ".self_attn.rel_height"),
+            (re.compile(r"\.self_attn\.pos_embed\.width_rel$"), ".self_attn.rel_width"))
 
 
 def filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """timm ByobNet keys -> zoo: ``head.fc.*`` -> ``fc.*``, GC's ``attn.mlp_add.*`` -> ``attn.*``."""
+    """timm ByobNet keys -> zoo: ``head.fc.*`` -> ``fc.*``, GC's ``attn.mlp_add.*`` -> ``attn.*``,
+    BoTNet's ``post_attn.*`` -> ``post_attn.bn.*`` and ``pos_embed.{height,width}_rel`` ->
+    ``rel_{height,width}`` times ``sqrt(head_dim)`` (timm scales only q.k by ``head_dim**-0.5``; the zoo
+    ``sa`` block scales q before both products). Zoo checkpoints pass unchanged."""
+    if not any(k.startswith("head.fc.") or ".pos_embed." in k or ".mlp_add." in k for k in state_dict):
+        return dict(state_dict)
     out = {}
     for k, v in state_dict.items():
         for pat, rep in _RENAMES:
             k = pat.sub(rep, k)
+        if k.endswith((".self_attn.rel_height", ".self_attn.rel_width")):
+            v = v / model.get_submodule(k.rsplit(".", 1)[0]).scale
         out[k] = v
     return out
 
@@ -201,6 +290,10 @@ BYOB_ATTN_ARCHS = {
     "eca_resnext26ts": dict(depths=(2, 2, 2, 2), group_width=32, attn="eca", act="silu"),
     "gcresnext26ts": dict(depths=(2, 2, 2, 2), group_width=32, attn="gc", act="silu"),
     "gcresnet50t": dict(depths=(3, 4, 6, 3), group_width=None, attn="gc", act="relu", stem_pool=False),
+    "botnet26t_256": dict(depths=(2, 2, 2, 2), group_width=None, attn=None, act="relu",
+                          stage_types=("bottle", "bottle", "bottle,self_attn", "self_attn")),
+    "eca_botnext26ts_256": dict(depths=(2, 2, 2, 2), group_width=16, attn="eca", act="silu", qk_head_dim=16,
+                                stage_types=("bottle", "bottle", "bottle,self_attn", "self_attn")),
 }
 
 

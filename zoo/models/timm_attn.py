@@ -15,9 +15,8 @@ places them. Each variant is one row of :data:`TIMM_ATTN_ARCHS` (depths, stem, a
 Parameter names are timm's except the attention module (``attn`` here, ``se`` in timm);
 :func:`zoo.models.resnet.filter_fn` converts, so timm checkpoints load.
 
-Not here (their blocks or timm's ByobNet stage layouts are not in the zoo yet): ``gcresnet50t``,
-``gcresnext26ts``, ``eca_resnext26ts``, ``seresnext26ts``, ``botnet26t_256``, ``eca_botnext26ts_256``
-(ByobNet), and the sk / splat / halo / lambda / bat nets.
+timm's ByobNet attention nets (``*26ts``, ``gcresnet50t``, ``botnet26t_256``, ``eca_botnext26ts_256``) are in
+:mod:`zoo.models.byob_attn`. Not in the zoo yet: the sk / splat / halo / lambda / bat nets.
 """
 from __future__ import annotations
 
