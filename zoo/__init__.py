@@ -5,6 +5,7 @@
 >>> zoo.list_models("swin*")
 """
 from . import accel, blocks, models  # noqa: F401  (importing blocks and models fills the registries)
+from . import export  # noqa: F401  (zoo.export.onnx / .program; onnx itself is imported lazily)
 from .attach import attach, detach
 from .builder import create, resolve_pretrained_cfg
 from .registry import (
