@@ -31,8 +31,9 @@ from .swap import FAST, PLAIN
 
 # Importing the technique files registers their fast twins.
 from . import cast, fused_linear, pos_embed, window_attn  # noqa: E402,F401  isort: skip
+from .token_merge import token_merge  # noqa: E402  isort: skip  (changes outputs: never applied by apply())
 
-__all__ = ["TECHNIQUES", "apply", "undo", "is_fast", "techniques_applied"]
+__all__ = ["TECHNIQUES", "apply", "undo", "is_fast", "techniques_applied", "token_merge"]
 
 TECHNIQUES = ("cast", "fused_mlp", "layout", "window_attn", "pos_embed")
 _APPLIED = "_accel_applied"
