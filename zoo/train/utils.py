@@ -36,11 +36,14 @@ def resolve_precision(precision, accelerator: str = "auto"):
 
 
 def model_family(name: str) -> str:
-    """``swin`` / ``vit`` / ``resnet`` / ... from a registered name (``cbam_resnet18`` -> ``resnet``)."""
-    for fam, keys in (("swin", ("swin",)), ("vit", ("vit",)), ("resnet", ("resnet", "resnext"))):
-        if any(k in name for k in keys):
-            return fam
-    return name.split("_")[0]
+    """The model file a registered name lives in: ``cbam_resnet18`` -> ``resnet``, ``swin_v2_t`` -> ``swin``.
+
+    By file, not by name: ``efficientvit_b0`` is not a ``vit`` and ``seresnext26ts`` (timm's ByobNet) not
+    a zoo ``resnet``; each would otherwise inherit settings (``img_size``) its constructor does not take.
+    """
+    from zoo.registry import get_model_entry
+
+    return get_model_entry(name).fn.__module__.rsplit(".", 1)[-1]
 
 
 def register_model_configs() -> list[str]:
