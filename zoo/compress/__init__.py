@@ -1,2 +1,6 @@
-"""Compression of any model ``zoo.create`` returns: distillation in the training loop (``distill``)."""
+"""zoo.compress: make any zoo model smaller or faster with one call, and measure what it cost.
+
+``quantize`` (int8, torchao), ``distill`` (knowledge distillation in ``train.py``).
+"""
 from .distill import DistillLoss, check_distill_config, load_teacher  # noqa: F401
+from .quantize import METHODS as QUANT_METHODS, quantize  # noqa: F401

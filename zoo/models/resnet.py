@@ -20,6 +20,11 @@ names, plus every registered attention block inserted where its paper puts it:
   (ResNet-18/34) ``conv1`` already downsamples, so every ``conv2`` becomes attention on the
   ``img_size / 32`` map. The relative position tables are built for ``img_size`` (default 224);
   other input sizes work (the ``sa`` block crops or resamples its tables), exactly only at it.
+* ``sk`` (SKNet, arXiv:1903.06586) and ``splat`` (ResNeSt, arXiv:2004.08955) replace ``conv2`` of
+  every block (``CONV2_STAGES`` default), carrying its stride and, in ResNeXt, its groups
+  (``CONV2_GROUPED``). ``lambda`` (arXiv:2102.08602) and ``halo`` (arXiv:2103.12731) replace
+  ``conv2`` in ``layer4`` only, as ``sa``. Any ``"conv2"``-placed block is built as
+  ``create_block(name, width, feat_size=..., stride=...)``.
 """
 from __future__ import annotations
 
