@@ -174,3 +174,24 @@ def test_one_training_step_through_train_py(train_cfg, attn):
     cfg = train_cfg("model=vit_s_16", f"+model.kwargs.attn={attn}", "+model.kwargs.depth=2", "+trainer.fast_dev_run=1",
                     "logger=[]", "module.ema=null")
     assert train.train(cfg)["global_step"] == 1
+
+
+def test_linformer_fine_tunes_from_a_softmax_checkpoint(tmp_path):
+    """A softmax ViT checkpoint loads into the Linformer model: every shared tensor is loaded, the
+    projections (which the checkpoint cannot have) keep their init and are reported as new."""
+    soft = zoo.create("vit_t_16", img_size=32, num_classes=10)
+    path = tmp_path / "soft.pth"
+    torch.save(soft.state_dict(), path)
+    with pytest.warns(UserWarning, match="proj_e"):
+        lin = zoo.create("vit_t_16", img_size=32, num_classes=10, attn="linformer", attn_kwargs={"k": 4},
+                         pretrained=str(path))
+    new = set(lin.load_report.new)
+    assert new == {f"blocks.{i}.attn.{p}" for i in range(len(lin.blocks)) for p in ("proj_e", "proj_f")}
+    for k, v in soft.state_dict().items():
+        assert torch.equal(lin.state_dict()[k], v), k
+    # A Linformer checkpoint loads strictly: nothing new, nothing warned.
+    torch.save(lin.state_dict(), path)
+    again = zoo.create("vit_t_16", img_size=32, num_classes=10, attn="linformer", attn_kwargs={"k": 4},
+                       pretrained=str(path))
+    assert not again.load_report.new
+    assert torch.equal(again.blocks[0].attn.proj_e, lin.blocks[0].attn.proj_e)

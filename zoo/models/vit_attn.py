@@ -48,6 +48,9 @@ class LinformerAttention(nn.Module):
     """
 
     needs_num_tokens = True  # the VisionTransformer passes num_tokens to attention classes that say so
+    # A softmax ViT/DeiT checkpoint has no projections: loading it keeps these at their init (listed in
+    # model.load_report.new), so Linformer fine-tunes from published softmax weights.
+    new_when_missing = ("proj_e", "proj_f")
 
     def __init__(self, dim: int, num_heads: int, *, num_tokens: int, k: int | None = None, attn_drop: float = 0.0,
                  proj_drop: float = 0.0):

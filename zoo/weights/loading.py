@@ -290,6 +290,17 @@ def load_pretrained(
                           allow_new=allow_new)
 
 
+def _declared_new(model: nn.Module, sd: dict) -> set[str]:
+    """Model keys absent from ``sd`` that their module declares optional (``new_when_missing``)."""
+    out = set()
+    for mname, m in model.named_modules():
+        for pname in getattr(m, "new_when_missing", ()):
+            key = f"{mname}.{pname}" if mname else pname
+            if key not in sd:
+                out.add(key)
+    return out
+
+
 def load_file_into(
     model: nn.Module,
     path: str | os.PathLike,
@@ -315,6 +326,12 @@ def load_file_into(
     if filter_fn is not None:
         sd = filter_fn(sd, model)
     source_name = cfg.name if cfg is not None else path
+    declared = _declared_new(model, sd)
+    if declared:
+        warnings.warn(f"{model_name or type(model).__name__}: {source_name} has no {_fmt(sorted(declared), 4)}; they keep "
+                      f"their initial values (model.load_report.new).", stacklevel=3)
+        user_declared = allow_new
+        allow_new = lambda k: k in declared or bool(user_declared and user_declared(k))  # noqa: E731
     new_blocks = retrofit.plan_retrofit(model, sd, source_name)
     if new_blocks:
         prefixes = tuple(p + "." for p in new_blocks)
