@@ -122,7 +122,9 @@ class GatherExcite(nn.Module):
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The gate: ``[B, C, 1, 1]`` (global) or ``[B, C, H, W]`` (nearest-neighbour excite)."""
         g = self.mlp(self._gather(x))
-        if g.shape[-2:] != (1, 1):
+        # a local gather is always resized, even where it came out 1 x 1 on a small map (timm leaves that
+        # one to broadcasting: the same output), so the gate of a local GE is always [B, C, H, W]
+        if self.extent and g.shape[-2:] != x.shape[-2:]:
             g = F.interpolate(g, size=x.shape[-2:], mode="nearest")
         return self.gate_act(g)
 
