@@ -127,7 +127,7 @@ class FrequencyChannelAttn(nn.Module):
         """The per-channel DCT coefficient. ``x``: ``[B, C, H, W]`` -> ``[B, C]``."""
         if tuple(x.shape[-2:]) != self.dct_size:
             x = F.adaptive_avg_pool2d(x, self.dct_size)  # B, C, dh, dw
-        return (x * self.dct_layer.weight).sum((2, 3))
+        return torch.einsum("bchw,chw->bc", x, self.dct_layer.weight)  # a dot product per channel
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """Per-channel gate. ``x``: ``[B, C, H, W]`` -> ``[B, C, 1, 1]``."""
