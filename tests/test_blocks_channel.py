@@ -348,3 +348,50 @@ def test_block_table_counts():
     fca = block_stats("fca", 256, 56)
     assert fca["macs"] == 2 * 256 * 16 + 256 * 7 * 7  # the MLP and one 7 x 7 dot product per channel
     assert "arXiv:2012.11879" in block_paper("fca")
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, check",
+    [
+        ("ese", dict(gate_layer=nn.Sigmoid), lambda b: isinstance(b.gate_act, nn.Sigmoid)),
+        ("ceca", dict(kernel_size=7), lambda b: b.conv.kernel_size == (7,) and b.conv.padding_mode == "circular"),
+        ("ge", dict(rd_channels=5), lambda b: b.mlp.fc1.out_channels == 5),
+        ("ge", dict(extent=4, extra_params=True, norm_layer=None, act_layer=nn.GELU),
+         lambda b: [type(m) for m in b.gather] == [nn.Conv2d, nn.GELU, nn.Conv2d] and isinstance(b.mlp.act, nn.GELU)),
+        ("fca", dict(rd_ratio=1 / 4, act_layer=nn.GELU), lambda b: b.fc[0].out_features == 8 and isinstance(b.fc[1], nn.GELU)),
+        ("fca", dict(freq_sel_method="low4", dct_size=(7, 14)),
+         lambda b: b.freqs == [(0, 0), (0, 2), (1, 0), (1, 2)] and b.dct_layer.weight.shape == (32, 7, 14)),
+        ("gct", dict(eps=1e-3), lambda b: b.eps == 1e-3),
+        ("srm", dict(norm_layer=None, gate_layer=nn.Hardsigmoid),
+         lambda b: isinstance(b.bn, nn.Identity) and isinstance(b.gate_act, nn.Hardsigmoid)),
+        ("simam", dict(gate_layer=nn.Hardsigmoid), lambda b: isinstance(b.gate_act, nn.Hardsigmoid)),
+    ],
+)
+def test_kwargs_are_honoured(name, kwargs, check):
+    block = zoo.create_block(name, 32, **kwargs)
+    assert check(block)
+    x = _x()
+    assert block(x).shape == x.shape
+
+
+@pytest.mark.parametrize("kw", [dict(extent=2, extra_params=True), dict(extent=8, extra_params=True, use_mlp=False)])
+def test_ge_local_variants_train_every_parameter(kw):
+    torch.manual_seed(0)
+    b = zoo.create_block("ge", 32, **kw)
+    x = _x().requires_grad_()
+    y = b(x)
+    (y * torch.randn_like(y)).sum().backward()
+    for n, p in b.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, n
+
+
+@pytest.mark.parametrize("name, kw, match", [
+    ("ceca", dict(channels=2, kernel_size=7), "channels >= 3.*channels=2"),
+    ("srm", dict(channels=8, eps=-1.0), "eps"),
+    ("simam", dict(channels=8, e_lambda=0.0), "e_lambda"),
+    ("gct", dict(channels=0), "channels"),
+])
+def test_bad_config_names_the_constraint(name, kw, match):
+    c = kw.pop("channels")
+    with pytest.raises(ValueError, match=match):
+        zoo.create_block(name, c, **kw)
