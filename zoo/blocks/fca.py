@@ -99,9 +99,9 @@ class FrequencyChannelAttn(nn.Module):
         super().__init__()
         rd_channels = reduced_channels("FrequencyChannelAttn", channels, rd_ratio, rd_channels, rd_divisor)
         check_int("FrequencyChannelAttn", "dct_size", dct_size, minimum=7)
-        dh, dw = (dct_size, dct_size) if isinstance(dct_size, int) else (tuple(dct_size) + (None,) * 2)[:2]
         if not isinstance(dct_size, int) and len(tuple(dct_size)) != 2:
             raise ValueError(f"FrequencyChannelAttn: dct_size must be an int or (h, w); got {dct_size!r}.")
+        dh, dw = (dct_size, dct_size) if isinstance(dct_size, int) else tuple(dct_size)
         kind, count = str(freq_sel_method)[:3], str(freq_sel_method)[3:]
         if kind not in FREQ_INDICES or not count.isdigit() or int(count) not in _FREQ_COUNTS:
             raise ValueError(
