@@ -273,6 +273,7 @@ FAMILY_REPS = {
     "swin_v2_t": dict(SWIN_TINY, window_size=4),
     "ecaresnet26t": {}, "seresnext26ts": {}, "sk_resnet18": {}, "splat_resnet18": {}, "lambda_resnet18": {},
     "halo_resnet18": {},
+    "ese_resnet18": {}, "ge_resnet18": {}, "ceca_resnet18": {}, "fca_resnet18": {}, "gct_resnet18": {}, "srm_resnet18": {}, "simam_resnet18": {},
     "pvt_v2_b0": dict(depths=(1, 1, 1, 1)), "efficientvit_b0": {}, "xcit_t12_16": dict(depth=3),
 }
 

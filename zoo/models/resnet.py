@@ -468,6 +468,7 @@ _ARCHS = {
 }
 # Prefixes registered as ``{prefix}_{arch}``, each fixing ``attn``.
 ATTN_VARIANTS = ("se", "cbam", "eca", "gc", "nl", "sa", "sk", "splat", "lambda", "halo")
+ATTN_VARIANTS += ("ese", "ge", "ceca", "fca", "gct", "srm", "simam")  # channel gates (issue #12)
 
 
 def _create_resnet(arch: dict, **kwargs) -> ResNet:

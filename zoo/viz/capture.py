@@ -323,6 +323,8 @@ def _installers() -> list[tuple[type, object]]:
         out.append((WindowAttention, _install_swin_attention))
     except ImportError:
         pass
+    from .capture_gates1 import installers as gates1_installers
+    out = gates1_installers() + out  # first: CircularEfficientChannelAttn subclasses EfficientChannelAttn
     from .efficient_capture import installers as efficient_installers
 
     return out + efficient_installers()
