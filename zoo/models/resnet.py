@@ -42,9 +42,10 @@ from .features import check_output_fmt, feature_take_indices
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "ATTN_PLACEMENT", "NL_AFTER", "filter_fn"]
 
 # Where a block goes. Names not listed go on the residual branch ("residual").
-ATTN_PLACEMENT = {"nl": "post", "sa": "conv2", "sk": "conv2", "splat": "conv2", "lambda": "conv2", "halo": "conv2"}
+ATTN_PLACEMENT = {"nl": "post", "sa": "conv2", "sk": "conv2", "splat": "conv2", "lambda": "conv2", "halo": "conv2",
+                  "a2": "post", "psa": "conv2", "aa": "conv2"}
 # Stages whose conv2 a "conv2"-placed block replaces (default: all); those taking ``groups`` get ResNeXt's.
-CONV2_STAGES = {"sa": (4,), "lambda": (4,), "halo": (4,)}
+CONV2_STAGES = {"sa": (4,), "lambda": (4,), "halo": (4,), "aa": (2, 3, 4)}
 CONV2_GROUPED = ("sk", "splat")
 # Non-local: stage index (1-based, layer{i}) -> block indices it follows.
 NL_AFTER = {2: (1, 3), 3: (1, 3, 5)}
@@ -467,7 +468,7 @@ _ARCHS = {
     "resnext50_32x4d": dict(layers=(3, 4, 6, 3), block="bottleneck", groups=32, width_per_group=4),
 }
 # Prefixes registered as ``{prefix}_{arch}``, each fixing ``attn``.
-ATTN_VARIANTS = ("se", "cbam", "eca", "gc", "nl", "sa", "sk", "splat", "lambda", "halo")
+ATTN_VARIANTS = ("se", "cbam", "eca", "gc", "nl", "sa", "sk", "splat", "lambda", "halo", "a2", "ea", "cc", "danet", "psa", "aa")
 
 
 def _create_resnet(arch: dict, **kwargs) -> ResNet:
