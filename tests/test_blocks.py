@@ -17,7 +17,7 @@ import zoo
 BLOCKS = zoo.list_blocks()
 # Blocks whose last layer is zero-initialised so the block starts as the identity: at init only
 # that layer receives a non-zero gradient (everything before it is multiplied by its zeros).
-ZERO_INIT_LAST = {"gc": "fc2", "nl": "norm"}
+ZERO_INIT_LAST = {"gc": "fc2", "nl": "norm", "a2": "norm", "ea": "norm", "cc": "gamma", "danet": "gamma"}
 
 
 def _input(c: int = 32, h: int = 13, w: int = 17, seed: int = 0) -> torch.Tensor:

@@ -29,6 +29,9 @@ class _SEWeight(nn.Module):
         self.fc1 = nn.Conv2d(channels, rd_channels, 1)
         self.act = act_layer()
         self.fc2 = nn.Conv2d(rd_channels, channels, 1)
+        # The paper's hidden width is out/S // 16: a single unit in EPSANet-50's first stage. A positive
+        # bias keeps that lone ReLU from starting dead (no gradient ever) on an unlucky init.
+        nn.init.constant_(self.fc1.bias, 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))).sigmoid()
