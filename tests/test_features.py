@@ -273,6 +273,7 @@ FAMILY_REPS = {
     "swin_v2_t": dict(SWIN_TINY, window_size=4),
     "ecaresnet26t": {}, "seresnext26ts": {}, "sk_resnet18": {}, "splat_resnet18": {}, "lambda_resnet18": {},
     "halo_resnet18": {},
+    "a2_resnet18": {}, "ea_resnet18": {}, "cc_resnet18": {}, "danet_resnet18": {}, "psa_resnet18": {}, "aa_resnet18": {},
     "pvt_v2_b0": dict(depths=(1, 1, 1, 1)), "efficientvit_b0": {}, "xcit_t12_16": dict(depth=3),
 }
 
