@@ -25,6 +25,10 @@ names, plus every registered attention block inserted where its paper puts it:
   (``CONV2_GROUPED``). ``lambda`` (arXiv:2102.08602) and ``halo`` (arXiv:2103.12731) replace
   ``conv2`` in ``layer4`` only, as ``sa``. Any ``"conv2"``-placed block is built as
   ``create_block(name, width, feat_size=..., stride=...)``.
+* ``psa`` (EPSANet, arXiv:2105.14447) replaces ``conv2`` of every block, ``aa`` (attention-augmented
+  convolution, arXiv:1904.09925) that of ``layer2``-``layer4``, both carrying the stride; ``a2``
+  (A^2-Nets, arXiv:1810.11579) goes at the non-local positions (``post``). ``ea``, ``cc`` and
+  ``danet`` (segmentation heads in their papers) go on every residual branch, starting as identity.
 """
 from __future__ import annotations
 
