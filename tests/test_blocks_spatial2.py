@@ -359,3 +359,30 @@ def test_capture_gives_a_map_per_block(name, kinds):
         off[q[0], :] = 0
         off[:, q[1]] = 0
         assert off.abs().max() == 0
+
+
+# ---- retrofit into a plain ResNet checkpoint ------------------------------------------------------
+@pytest.mark.parametrize("name", ["a2", "ea", "cc", "danet"])
+def test_identity_blocks_retrofit_into_a_plain_checkpoint_exactly(name):
+    from zoo.weights.retrofit import plan_retrofit
+
+    torch.manual_seed(0)
+    plain = zoo.create("resnet18", num_classes=4, fast=False).eval()
+    model = zoo.create(f"{name}_resnet18", num_classes=4, fast=False).eval()
+    sd = plain.state_dict()
+    assert plan_retrofit(model, sd)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert not unexpected and missing
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x))
+
+
+@pytest.mark.parametrize("name", ["psa", "aa"])
+def test_conv_replacing_blocks_refuse_retrofit_without_attention_weights(name):
+    from zoo.weights.retrofit import RetrofitError, plan_retrofit
+
+    with torch.device("meta"):
+        model, sd = zoo.create(f"{name}_resnet18"), zoo.create("resnet18").state_dict()
+    with pytest.raises(RetrofitError, match=f"'{name}' replaces"):
+        plan_retrofit(model, {k: v for k, v in sd.items() if ".conv2." not in k})

@@ -42,8 +42,8 @@ class AttentionAugmentedConv(nn.Module):
     with ``q`` scaled by ``(d_k / N_h)**-0.5`` (paper eq. 3 and its code), one ``r^W``/``r^H`` table
     shared by the heads; the relative part goes to ``scaled_dot_product_attention`` as an additive
     mask. ``qkv`` and ``proj`` (the paper's ``W^O``) are 1x1 convs with bias, as the paper's code.
-    With stride 2 the conv strides and the attention runs on the 2x2 average-pooled input (ceil
-    mode, so both halves give ``ceil(H / 2)``), a quarter of the memory.
+    With stride 2 the conv strides and the attention runs on the 2x2 average-pooled input (our
+    choice, as BoTNet pools for its strided attention; ceil mode, so both halves give ``ceil(H / 2)``).
 
     Args:
         channels: input channels ``F_in``.
