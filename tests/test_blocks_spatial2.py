@@ -386,3 +386,22 @@ def test_conv_replacing_blocks_refuse_retrofit_without_attention_weights(name):
         model, sd = zoo.create(f"{name}_resnet18"), zoo.create("resnet18").state_dict()
     with pytest.raises(RetrofitError, match=f"'{name}' replaces"):
         plan_retrofit(model, {k: v for k, v in sd.items() if ".conv2." not in k})
+
+
+# ---- cost: what each paper claims about complexity --------------------------------------------------
+def test_costs_follow_the_papers_complexity():
+    """EA is linear in N = HW; one CC pass costs N (H + W) (d + C) for attention, DANet's PAM N^2 (d + C)."""
+    from zoo.flops import count_macs
+
+    c, d = 32, 4
+    ea = zoo.create_block("ea", c, memory_size=8).eval()
+    with torch.no_grad():
+        assert count_macs(ea, (1, c, 16, 16)) == 4 * count_macs(ea, (1, c, 8, 8))
+    h, w = 6, 10
+    n = h * w
+    convs = n * c * (2 * d + c)
+    cc = zoo.create_block("cc", c).eval()
+    danet = zoo.create_block("danet", c).eval()
+    with torch.no_grad():
+        assert count_macs(cc, (1, c, h, w)) == 2 * (convs + n * (h + w) * (d + c))  # R = 2 passes
+        assert count_macs(danet, (1, c, h, w)) == convs + n * n * (d + c) + 2 * c * c * n
