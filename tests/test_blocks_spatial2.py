@@ -202,7 +202,7 @@ def test_psa_every_conv_is_registered_and_trained():
     names = {id(p): n for n, p in model.named_parameters()}
     psa = [(n, m) for n, m in model.named_modules() if type(m).__name__ == "PyramidSplitAttention"]
     assert len(psa) == 8  # every conv2 of ResNet-18
-    for n, m in psa:
+    for _, m in psa:
         convs = [c for c in m.modules() if isinstance(c, nn.Conv2d)]
         assert len(convs) == 4 + 2  # four scales + the SE's two
         for c in convs:
@@ -271,8 +271,8 @@ def test_aa_relative_logits_are_the_papers():
         qs = q * block.scale
         for qi in [0, 5, 11]:
             for ki in [0, 3, 7, 11]:
-                (i, j), (k, l) = divmod(qi, w), divmod(ki, w)
-                r = block.rel_width[l - j + w - 1] + block.rel_height[k - i + h - 1]
+                (i, j), (ki_row, ki_col) = divmod(qi, w), divmod(ki, w)
+                r = block.rel_width[ki_col - j + w - 1] + block.rel_height[ki_row - i + h - 1]
                 torch.testing.assert_close(bias[:, :, qi, ki], qs[:, :, qi] @ r, rtol=1e-4, atol=1e-6)
         plain = zoo.create_block("aa", 32, num_heads=2, dk=8, dv=4, relative=False)
         assert _n(block) - _n(plain) == (2 * h - 1 + 2 * w - 1) * 4
