@@ -19,7 +19,8 @@ BLOCKS = zoo.list_blocks()
 # that layer receives a non-zero gradient (everything before it is multiplied by its zeros).
 # The value names a submodule or a parameter (GCT's gamma; SRM's cfc, which starts at zero as in the
 # authors' code and gives the constant gate 0.5, so SRM is not the identity at init).
-ZERO_INIT_LAST = {"gc": "fc2", "nl": "norm", "gct": "gamma", "srm": "cfc"}
+ZERO_INIT_LAST = {"gc": "fc2", "nl": "norm", "gct": "gamma", "srm": "cfc",
+                  "a2": "norm", "ea": "norm", "cc": "gamma", "danet": "gamma"}
 IDENTITY_AT_INIT = sorted(set(ZERO_INIT_LAST) - {"srm"})
 
 

@@ -274,6 +274,7 @@ FAMILY_REPS = {
     "ecaresnet26t": {}, "seresnext26ts": {}, "sk_resnet18": {}, "splat_resnet18": {}, "lambda_resnet18": {},
     "halo_resnet18": {},
     "ese_resnet18": {}, "ge_resnet18": {}, "ceca_resnet18": {}, "fca_resnet18": {}, "gct_resnet18": {}, "srm_resnet18": {}, "simam_resnet18": {},
+    "a2_resnet18": {}, "ea_resnet18": {}, "cc_resnet18": {}, "danet_resnet18": {}, "psa_resnet18": {}, "aa_resnet18": {},
     "pvt_v2_b0": dict(depths=(1, 1, 1, 1)), "efficientvit_b0": {}, "xcit_t12_16": dict(depth=3),
 }
 

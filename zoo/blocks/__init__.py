@@ -7,3 +7,4 @@ out, any H x W. Keyword names are shared: ``rd_ratio``, ``rd_channels``, ``act_l
 from . import cbam, eca, gc, non_local, se, self_attn  # noqa: F401  (importing registers each block)
 from . import halo, lambda_layer, selective_kernel, split_attn  # noqa: F401
 from . import ceca, ese, fca, gather_excite, gct, simam, srm  # noqa: F401  (channel gates, issue #12)
+from . import attn_augmented, criss_cross, double_attn, dual_attn, external_attn, pyramid_split  # noqa: F401

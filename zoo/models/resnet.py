@@ -25,6 +25,10 @@ names, plus every registered attention block inserted where its paper puts it:
   (``CONV2_GROUPED``). ``lambda`` (arXiv:2102.08602) and ``halo`` (arXiv:2103.12731) replace
   ``conv2`` in ``layer4`` only, as ``sa``. Any ``"conv2"``-placed block is built as
   ``create_block(name, width, feat_size=..., stride=...)``.
+* ``psa`` (EPSANet, arXiv:2105.14447) replaces ``conv2`` of every block, ``aa`` (attention-augmented
+  convolution, arXiv:1904.09925) that of ``layer2``-``layer4``, both carrying the stride; ``a2``
+  (A^2-Nets, arXiv:1810.11579) goes at the non-local positions (``post``). ``ea``, ``cc`` and
+  ``danet`` (segmentation heads in their papers) go on every residual branch, starting as identity.
 """
 from __future__ import annotations
 
@@ -42,9 +46,10 @@ from .features import check_output_fmt, feature_take_indices
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "ATTN_PLACEMENT", "NL_AFTER", "filter_fn"]
 
 # Where a block goes. Names not listed go on the residual branch ("residual").
-ATTN_PLACEMENT = {"nl": "post", "sa": "conv2", "sk": "conv2", "splat": "conv2", "lambda": "conv2", "halo": "conv2"}
+ATTN_PLACEMENT = {"nl": "post", "sa": "conv2", "sk": "conv2", "splat": "conv2", "lambda": "conv2", "halo": "conv2",
+                  "a2": "post", "psa": "conv2", "aa": "conv2"}
 # Stages whose conv2 a "conv2"-placed block replaces (default: all); those taking ``groups`` get ResNeXt's.
-CONV2_STAGES = {"sa": (4,), "lambda": (4,), "halo": (4,)}
+CONV2_STAGES = {"sa": (4,), "lambda": (4,), "halo": (4,), "aa": (2, 3, 4)}
 CONV2_GROUPED = ("sk", "splat")
 # Non-local: stage index (1-based, layer{i}) -> block indices it follows.
 NL_AFTER = {2: (1, 3), 3: (1, 3, 5)}
@@ -469,6 +474,7 @@ _ARCHS = {
 # Prefixes registered as ``{prefix}_{arch}``, each fixing ``attn``.
 ATTN_VARIANTS = ("se", "cbam", "eca", "gc", "nl", "sa", "sk", "splat", "lambda", "halo")
 ATTN_VARIANTS += ("ese", "ge", "ceca", "fca", "gct", "srm", "simam")  # channel gates (issue #12)
+ATTN_VARIANTS += ("a2", "ea", "cc", "danet", "psa", "aa")  # spatial attention (issue #12)
 
 
 def _create_resnet(arch: dict, **kwargs) -> ResNet:

@@ -56,6 +56,12 @@ KINDS = {
     "reduced": "[B, heads, N, N_r] softmax over spatially reduced keys, rows sum 1 - PVT v2",
     "linear": "[B, heads, N, N] equivalent per-query weights of ReLU linear attention, rows sum 1 - EfficientViT",
     "xca": "[B, heads, C/h, C/h] cross-covariance (channel) attention, rows sum 1 - XCiT",
+    # zoo/viz/capture_spatial.py says how each is computed.
+    "gather": "[B, n, H, W] gather attention of each global descriptor, sums 1 over positions - a2",
+    "distribute": "[B, n, H, W] distribution weights over the n descriptors, sum 1 over n at each position - a2",
+    "memory": "[B, S, H, W] double-normalised attention over the S memory units, sums 1 over S - ea",
+    "channel_attn": "[B, C, C] channel-to-channel softmax attention, rows sum 1 - danet",
+    "scale": "[B, S, C/S] softmax weights across the S kernel scales, sum 1 over S - psa",
 }
 
 
@@ -325,6 +331,8 @@ def _installers() -> list[tuple[type, object]]:
         pass
     from .capture_gates1 import installers as gates1_installers
     out = gates1_installers() + out  # first: CircularEfficientChannelAttn subclasses EfficientChannelAttn
+    from .capture_spatial import installers as spatial_installers
+    out += spatial_installers()
     from .efficient_capture import installers as efficient_installers
 
     return out + efficient_installers()

@@ -21,10 +21,15 @@ __all__ = ["ResidualGate", "RetrofitError", "POLICY", "attention_modules", "wrap
 
 # How each registered block enters a pretrained backbone; blocks not listed are refused.
 POLICY = {"se": "gate", "cbam": "gate", "eca": "gate", "gc": "identity", "nl": "identity"}
+POLICY.update({"a2": "identity", "ea": "identity", "cc": "identity", "danet": "identity"})  # zero-init residual
 _REFUSED = {
     "sa": "'sa' replaces the 3x3 convolutions of the last stage with self-attention, so those backbone "
     "weights have nowhere to go and no initialisation reproduces the backbone's function. Train the sa "
-    "model from scratch, or load an sa checkpoint."
+    "model from scratch, or load an sa checkpoint.",
+    "psa": "'psa' replaces every 3x3 convolution by multi-scale grouped convolutions: the backbone's 3x3 "
+    "weights have nowhere to go. Train the psa model from scratch, or load a psa checkpoint.",
+    "aa": "'aa' replaces the 3x3 convolutions of layer2-layer4 by narrower convolutions next to self-attention: "
+    "the backbone's 3x3 weights do not fit. Train the aa model from scratch, or load an aa checkpoint.",
 }
 
 
