@@ -170,3 +170,20 @@ def test_bad_input():
         zoo.create("se_mobilenet_v2", attn_kwargs=dict(kernel_size=3))  # SE has no kernel_size
     with pytest.raises(ValueError, match=r"expects input \[B, 3, H, W\]"):
         zoo.create("mobilenet_v2")(torch.randn(1, 1, 32, 32))
+
+
+def test_catalog_lookup_for_the_attention_variants():
+    from zoo.weights.loading import find_source
+
+    assert find_source("mobilenet_v2.tv_in1k", "se_mobilenet_v2").cfg.url.endswith("mobilenet_v2-b0353104.pth")
+    assert find_source(True, "mobilenet_v2").cfg.name == "mobilenet_v2.tv2_in1k"  # the default tag
+    with pytest.raises(ValueError, match="pretrained='mobilenet_v2.tv2_in1k'"):
+        zoo.create("eca_mobilenet_v2", pretrained=True)  # no published weights: the message says what to retrofit
+
+
+def test_capture_sees_the_blocks():
+    model = zoo.create("cbam_mobilenet_v2").eval()
+    with zoo.capture_attention(model) as maps:
+        model(torch.randn(1, 3, 64, 64))
+    assert maps.kinds["features.2.attn.spatial"] == "spatial" and "features.1.attn.channel" not in maps.kinds
+    assert len([k for k in maps.kinds if k.endswith(".channel")]) == 16
