@@ -1,5 +1,7 @@
 """MobileNetV2 and its attention variants: torchvision parity, timm's feature maps, retrofit as the identity,
 placement per paper, bad input."""
+import re
+
 import pytest
 import timm
 import torch
@@ -159,6 +161,13 @@ def test_train_step_with_drop_path_and_grad_checkpointing():
     model.train()
     model(x).square().mean().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name,value", [("num_classes", -3), ("in_chans", 0), ("drop_path_rate", 2),
+                                        ("drop_rate", -0.1), ("round_nearest", 0), ("width_mult", -1.0)])
+def test_bad_argument_is_refused_naming_it(name, value):
+    with pytest.raises(ValueError, match=rf"{name}.*{re.escape(repr(value))}"):
+        zoo.create("mobilenet_v2", **{name: value})
 
 
 def test_bad_input():
