@@ -134,3 +134,36 @@ def test_family_presets_identity(host, n_blocks):
     assert len(zoo.attach(net, "eca")) == n_blocks
     with torch.no_grad():
         assert torch.allclose(net(x), ref, atol=1e-6 * ref.abs().max().item(), rtol=0)
+
+
+# The mobile / RegNet hosts of issue #12, each found by its family preset (no ``at``): block count, the
+# class of every matched module, and the identity at init for a gated (se) and a bare (gc) block.
+_MOBILE_HOSTS = {
+    "tv_mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(), 17, {"InvertedResidual"}),
+    "tv_mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(), 11, {"InvertedResidual"}),
+    "tv_efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(), 16, {"MBConv"}),
+    "tv_regnet_y_400mf": (lambda: torchvision.models.regnet_y_400mf(), 16, {"ResBottleneckBlock"}),
+    "timm_mobilenetv3_small_100": (lambda: timm.create_model("mobilenetv3_small_100"), 11,
+                                   {"DepthwiseSeparableConv", "InvertedResidual"}),
+    "timm_efficientnet_b0": (lambda: timm.create_model("efficientnet_b0"), 16, {"DepthwiseSeparableConv", "InvertedResidual"}),
+    "timm_regnetx_002": (lambda: timm.create_model("regnetx_002"), 13, {"Bottleneck"}),
+    "zoo_mobilenet_v2": (lambda: zoo.create("mobilenet_v2", fast=False), 17, {"InvertedResidual"}),
+}
+
+
+@pytest.mark.parametrize("block", ["se", "gc"])
+@pytest.mark.parametrize("host", list(_MOBILE_HOSTS))
+def test_mobile_and_regnet_presets_without_at(host, block):
+    build, n_blocks, classes = _MOBILE_HOSTS[host]
+    torch.manual_seed(0)
+    net = build().eval()
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        ref = net(x)
+    names = zoo.attach(net, block)
+    assert len(names) == n_blocks
+    assert {type(net.get_submodule(n.rsplit(".", 1)[0])).__name__ for n in names} == classes
+    wrapped = {type(net.get_submodule(n)).__name__ for n in names}
+    assert wrapped == ({"ResidualGate"} if block == "se" else {"GlobalContext"})
+    with torch.no_grad():
+        assert torch.allclose(net(x), ref, atol=1e-6 * ref.abs().max().item(), rtol=0)

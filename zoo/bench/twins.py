@@ -132,6 +132,8 @@ _SIZED_TIMM = {"deit_t_16": "deit_tiny_patch16_224", "deit_s_16": "deit_small_pa
                "deit_s_16_distilled": "deit_small_distilled_patch16_224",
                "deit_b_16_distilled": "deit_base_distilled_patch16_224",
                "xcit_t12_16": "xcit_tiny_12_p16_224", "xcit_s12_16": "xcit_small_12_p16_224"}
+# zoo names whose timm twin is named otherwise (same tensors in the same order).
+_RENAMED_TIMM = {"mobilenet_v2": "mobilenetv2_100"}
 _TV_NAMES = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
              "vit_b_16", "vit_b_32", "vit_l_16", "swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s",
              "swin_v2_b", "mobilenet_v2"}
@@ -152,6 +154,8 @@ def twins_for(name: str) -> list[Impl]:
         twins.append(_timm(_SWIN_TIMM[name], sized=True))
     elif name in _SAME_NAME_TIMM:
         twins.append(_timm(name))
+    elif name in _RENAMED_TIMM:
+        twins.append(_timm(_RENAMED_TIMM[name]))
     elif name in _SIZED_TIMM:
         twins.append(_timm(_SIZED_TIMM[name], sized=True))
     elif m := _ATTN_RESNET.match(name):

@@ -37,6 +37,10 @@ class RetrofitError(ValueError):
     """The attention block cannot be retrofitted into a plain backbone checkpoint."""
 
 
+# Coordinate Attention multiplies by two sigmoid gates (coord_mobilenet_v2 from torchvision's weights).
+POLICY.setdefault("coord", "gate")
+
+
 class ResidualGate(nn.Module):
     """``out = x + gamma * (block(x) - x)``: a gated block that is the identity while ``gamma == 0``.
 
