@@ -27,15 +27,15 @@ class BamChannel(nn.Module):
     Args:
         channels: C.
         rd_channels: hidden width.
-        act_layer, norm_layer: as :class:`Bam`.
+        bias, act_layer, norm_layer: as :class:`Bam`.
 
     Shapes: ``[B, C, H, W]`` -> ``[B, C, 1, 1]``.
     """
 
-    def __init__(self, channels: int, rd_channels: int, *, act_layer=nn.ReLU, norm_layer=nn.BatchNorm2d):
+    def __init__(self, channels: int, rd_channels: int, *, bias=False, act_layer=nn.ReLU, norm_layer=nn.BatchNorm2d):
         super().__init__()
         # 1x1 convs on [B, C, 1, 1]: the authors' Linear + BatchNorm1d with the same parameters.
-        self.fc1 = nn.Conv2d(channels, rd_channels, 1)
+        self.fc1 = nn.Conv2d(channels, rd_channels, 1, bias=bias or norm_layer is None)
         self.bn = norm_layer(rd_channels) if norm_layer is not None else nn.Identity()
         self.act = act_layer()
         self.fc2 = nn.Conv2d(rd_channels, channels, 1)
@@ -55,13 +55,13 @@ class BamSpatial(nn.Module):
         rd_channels: width of the branch.
         dilation: dilation of the 3x3 convs (paper 4).
         num_dilated: how many dilated convs (paper 2).
-        act_layer, norm_layer: as :class:`Bam`.
+        bias, act_layer, norm_layer: as :class:`Bam`.
 
     Shapes: ``[B, C, H, W]`` -> ``[B, 1, H, W]``.
     """
 
     def __init__(self, channels: int, rd_channels: int, *, dilation: int = 4, num_dilated: int = 2,
-                 act_layer=nn.ReLU, norm_layer=nn.BatchNorm2d):
+                 bias=False, act_layer=nn.ReLU, norm_layer=nn.BatchNorm2d):
         super().__init__()
         check_int("Bam", "dilation", dilation)
         check_int("Bam", "num_dilated", num_dilated, 0)
@@ -69,9 +69,10 @@ class BamSpatial(nn.Module):
         def norm(c):
             return norm_layer(c) if norm_layer is not None else nn.Identity()
 
-        layers = [nn.Conv2d(channels, rd_channels, 1), norm(rd_channels), act_layer()]
+        bias = bias or norm_layer is None
+        layers = [nn.Conv2d(channels, rd_channels, 1, bias=bias), norm(rd_channels), act_layer()]
         for _ in range(num_dilated):
-            layers += [nn.Conv2d(rd_channels, rd_channels, 3, padding=dilation, dilation=dilation),
+            layers += [nn.Conv2d(rd_channels, rd_channels, 3, padding=dilation, dilation=dilation, bias=bias),
                        norm(rd_channels), act_layer()]
         self.body = nn.Sequential(*layers)
         self.conv_final = nn.Conv2d(rd_channels, 1, 1)
@@ -97,6 +98,10 @@ class Bam(nn.Module):
         dilation: dilation of the spatial branch's 3x3 convs (paper d=4).
         num_dilated: number of dilated convs (paper 2).
         combine: ``"sum"`` (paper) or ``"product"`` (the authors' code) of ``Mc`` and ``Ms``.
+        bias: biases in the convs a norm follows. The authors have them (``bias=True``: their
+            17,361 parameters at C=256), but a train-mode BN subtracts them right away, so they
+            never get a gradient; off by default (17,297 at C=256). A converter folds them into the
+            BN (``running_mean -= bias``).
         act_layer: activation in both branches.
         norm_layer: norm in both branches (``None``: none).
         gate_layer: the gating non-linearity applied to ``Mc + Ms``.
@@ -114,6 +119,7 @@ class Bam(nn.Module):
         dilation: int = 4,
         num_dilated: int = 2,
         combine: str = "sum",
+        bias: bool = False,
         act_layer: Callable[..., nn.Module] = nn.ReLU,
         norm_layer: Callable[..., nn.Module] | None = nn.BatchNorm2d,
         gate_layer: Callable[..., nn.Module] = nn.Sigmoid,
@@ -123,7 +129,7 @@ class Bam(nn.Module):
         if combine not in _COMBINE:
             raise ValueError(f"Bam: combine must be one of {_COMBINE}, got {combine!r}.")
         self.combine = combine
-        kw = dict(act_layer=act_layer, norm_layer=norm_layer)
+        kw = dict(bias=bias, act_layer=act_layer, norm_layer=norm_layer)
         self.channel = BamChannel(channels, rd_channels, **kw)
         self.spatial = BamSpatial(channels, rd_channels, dilation=dilation, num_dilated=num_dilated, **kw)
         self.gate_act = gate_layer()
