@@ -56,6 +56,10 @@ KINDS = {
     "reduced": "[B, heads, N, N_r] softmax over spatially reduced keys, rows sum 1 - PVT v2",
     "linear": "[B, heads, N, N] equivalent per-query weights of ReLU linear attention, rows sum 1 - EfficientViT",
     "xca": "[B, heads, C/h, C/h] cross-covariance (channel) attention, rows sum 1 - XCiT",
+    # zoo/viz/capture_gates2.py says which map each channel-and-spatial gate gives.
+    "cross": "[B, C, W] or [B, C, H] gate over a channel x spatial plane - triplet rotated branches",
+    "group": "[B, G, H, W] spatial gate of each channel group - SGE",
+    "modulation": "[B, H, W] channel mean of an unbounded multiplicative map (out = x * attn) - LKA",
 }
 
 
@@ -325,7 +329,9 @@ def _installers() -> list[tuple[type, object]]:
         pass
     from .efficient_capture import installers as efficient_installers
 
-    return out + efficient_installers()
+    from .capture_gates2 import installers as gates2_installers
+
+    return out + efficient_installers() + gates2_installers()
 
 
 @contextmanager
