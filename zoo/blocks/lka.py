@@ -1,8 +1,8 @@
 """Visual Attention Network. Guo, Lu, Liu, Liu, Cheng, Hu, 2022. arXiv:2202.09741.
 
-Large kernel attention (LKA): a large receptive field decomposed into a 5x5 depthwise conv, a 7x7
-depthwise conv with dilation 3 (21x21 together) and a 1x1 conv; the result multiplies the input
-(no sigmoid, no softmax). The paper puts LKA inside VAN's attention unit (1x1, GELU, LKA, 1x1) in
+Large kernel attention (LKA): the paper's 21x21 kernel decomposed into a 5x5 depthwise conv, a
+7x7 depthwise conv with dilation 3 (together a 23x23 receptive field) and a 1x1 conv; the result
+multiplies the input (no sigmoid, no softmax). The paper puts LKA inside VAN's attention unit (1x1, GELU, LKA, 1x1) in
 every block; in a ResNet it goes where SE goes, on the residual branch after the last norm
 (module ``attn``).
 """
@@ -28,7 +28,7 @@ class LargeKernelAttention(nn.Module):
     """``x * conv1(conv_spatial(conv0(x)))``, names as VAN's ``LKA`` (Visual-Attention-Network).
 
     Every conv pads to keep the size (``conv_spatial``: ``dilation * (k - 1) / 2`` = 9), so maps
-    smaller than the 21 x 21 receptive field work: the padding zeros fill in.
+    smaller than the 23 x 23 receptive field work: the padding zeros fill in.
 
     Args:
         channels: input and output channels C.
