@@ -7,6 +7,10 @@ names, plus every registered attention block inserted where its paper puts it:
   on the residual branch after the last norm, before the addition (module ``attn`` of each block),
   as in SENet (arXiv:1709.01507), CBAM (arXiv:1807.06521), ECA-Net (arXiv:1910.03151) and GCNet
   (arXiv:1904.11492).
+* ``bam``, BAM (arXiv:1807.06514): at the stage boundaries, after the last block of ``layer1``,
+  ``layer2`` and ``layer3`` (module ``post_attn`` of that block, after its final ReLU), as the
+  authors' ``bam1``-``bam3``; ``STAGE_AFTER`` lists the stages. The other gates2 blocks (``triplet``,
+  ``coord``, ``sge``, ``shuffle``, ``scse``, ``lka``) go on the residual branch, as SE.
 * ``nl``, Non-local Neural Networks (arXiv:1711.07971): the paper's "5-block" ResNet-50 setting,
   "3 to res4 and 2 to res3, to every other residual block"; res3/res4 are torchvision's
   ``layer2``/``layer3``. A non-local block follows (module ``post_attn``, after the final ReLU)
@@ -48,11 +52,14 @@ __all__ = ["ResNet", "BasicBlock", "Bottleneck", "ATTN_PLACEMENT", "NL_AFTER", "
 # Where a block goes. Names not listed go on the residual branch ("residual").
 ATTN_PLACEMENT = {"nl": "post", "sa": "conv2", "sk": "conv2", "splat": "conv2", "lambda": "conv2", "halo": "conv2",
                   "a2": "post", "psa": "conv2", "aa": "conv2"}
+ATTN_PLACEMENT["bam"] = "stage"  # BAM (arXiv:1807.06514): after the last block of each STAGE_AFTER stage
 # Stages whose conv2 a "conv2"-placed block replaces (default: all); those taking ``groups`` get ResNeXt's.
 CONV2_STAGES = {"sa": (4,), "lambda": (4,), "halo": (4,), "aa": (2, 3, 4)}
 CONV2_GROUPED = ("sk", "splat")
 # Non-local: stage index (1-based, layer{i}) -> block indices it follows.
 NL_AFTER = {2: (1, 3), 3: (1, 3, 5)}
+# "stage"-placed blocks: the stages whose last block they follow (BAM: the bottlenecks before each downsampling).
+STAGE_AFTER = (1, 2, 3)
 
 
 def _init_conv(conv: nn.Conv2d) -> None:
@@ -71,7 +78,7 @@ class _ResBlock(nn.Module):
     def _attn_slots(self, out_ch: int, attn: str | None, attn_kwargs: dict, post: bool, drop_path: float):
         place = ATTN_PLACEMENT.get(attn, "residual") if attn else None
         self.attn = create_block(attn, out_ch, **attn_kwargs) if place == "residual" else None
-        self.post_attn = create_block(attn, out_ch, **attn_kwargs) if place == "post" and post else None
+        self.post_attn = create_block(attn, out_ch, **attn_kwargs) if place in ("post", "stage") and post else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def _finish(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +104,7 @@ class BasicBlock(_ResBlock):
         downsample: shortcut projection (``Sequential(conv1x1, bn)``) or None for identity.
         attn: registered block name or None; see the module docstring for where it goes.
         attn_kwargs: keyword arguments of the block.
-        post: put the ``post``-placed block (``nl``) after this block.
+        post: put the ``post``- or ``stage``-placed block (``nl``, ``bam``) after this block.
         sa_feat_size: map size ``conv2`` sees, for ``sa``; None keeps the 3x3 conv.
         drop_path: stochastic-depth probability of the residual branch.
         groups, base_width: must be 1 and 64 (kept so both block types share a signature).
@@ -265,7 +272,8 @@ class ResNet(nn.Module):
                     inplanes, planes, s, downsample,
                     attn=attn,
                     attn_kwargs=attn_kwargs,
-                    post=place == "post" and i in NL_AFTER.get(stage, ()),
+                    post=(place == "post" and i in NL_AFTER.get(stage, ()))
+                    or (place == "stage" and stage in STAGE_AFTER and i == depth - 1),
                     sa_feat_size=sa_feat,
                     drop_path=drop_path_rate * idx / max(total - 1, 1),
                     groups=groups,
@@ -475,6 +483,10 @@ _ARCHS = {
 ATTN_VARIANTS = ("se", "cbam", "eca", "gc", "nl", "sa", "sk", "splat", "lambda", "halo")
 ATTN_VARIANTS += ("ese", "ge", "ceca", "fca", "gct", "srm", "simam")  # channel gates (issue #12)
 ATTN_VARIANTS += ("a2", "ea", "cc", "danet", "psa", "aa")  # spatial attention (issue #12)
+ATTN_VARIANTS += ("triplet", "coord", "bam", "sge", "shuffle", "scse", "lka")  # gates2
+# Per (block, block type) defaults of a variant: SA-Net's 64 groups need C % 128 == 0, which
+# ResNet-18/34's 64-channel layer1 is not; 32 groups fit every stage there.
+VARIANT_KWARGS = {("shuffle", "basic"): dict(attn_kwargs=dict(groups=32))}
 
 
 def _create_resnet(arch: dict, **kwargs) -> ResNet:
@@ -492,4 +504,5 @@ for _arch_name, _arch in _ARCHS.items():
     register_model(_entry(_arch_name, _arch), filter_fn=filter_fn)
     for _attn in ATTN_VARIANTS:
         _name = f"{_attn}_{_arch_name}"
-        register_model(_entry(_name, {**_arch, "attn": _attn}), filter_fn=filter_fn)
+        _variant = {**_arch, "attn": _attn, **VARIANT_KWARGS.get((_attn, _arch["block"]), {})}
+        register_model(_entry(_name, _variant), filter_fn=filter_fn)

@@ -62,6 +62,10 @@ KINDS = {
     "memory": "[B, S, H, W] double-normalised attention over the S memory units, sums 1 over S - ea",
     "channel_attn": "[B, C, C] channel-to-channel softmax attention, rows sum 1 - danet",
     "scale": "[B, S, C/S] softmax weights across the S kernel scales, sum 1 over S - psa",
+    # zoo/viz/capture_gates2.py says which map each channel-and-spatial gate gives.
+    "cross": "[B, C, W] or [B, C, H] gate over a channel x spatial plane - triplet rotated branches",
+    "group": "[B, G, H, W] spatial gate of each channel group - SGE",
+    "modulation": "[B, H, W] channel mean of an unbounded multiplicative map (out = x * attn) - LKA",
 }
 
 
@@ -334,8 +338,9 @@ def _installers() -> list[tuple[type, object]]:
     from .capture_spatial import installers as spatial_installers
     out += spatial_installers()
     from .efficient_capture import installers as efficient_installers
+    from .capture_gates2 import installers as gates2_installers
 
-    return out + efficient_installers()
+    return out + efficient_installers() + gates2_installers()
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from .capture import AttentionMaps, capture_attention
 
 __all__ = ["to_image", "map_scale", "plot_map", "plot_channel_weights", "plot_cams", "plot_overview", "write_index", "visualize"]
 
-_SPATIAL = ("spatial", "context", "query", "received", "cls", "rollout", "window")
+_SPATIAL = ("spatial", "context", "query", "received", "cls", "rollout", "window", "modulation")
 _CHANNEL = ("channel", "channel_add")
 _GATES = ("spatial",)  # sigmoid gates: their scale is their range, [0, 1]
 
