@@ -6,3 +6,4 @@ out, any H x W. Keyword names are shared: ``rd_ratio``, ``rd_channels``, ``act_l
 """
 from . import cbam, eca, gc, non_local, se, self_attn  # noqa: F401  (importing registers each block)
 from . import halo, lambda_layer, selective_kernel, split_attn  # noqa: F401
+from . import bat  # noqa: F401

@@ -6,7 +6,8 @@ names, plus every registered attention block inserted where its paper puts it:
 * ``se`` / ``cbam`` / ``eca`` / ``gc`` (and any other block not listed in ``ATTN_PLACEMENT``):
   on the residual branch after the last norm, before the addition (module ``attn`` of each block),
   as in SENet (arXiv:1709.01507), CBAM (arXiv:1807.06521), ECA-Net (arXiv:1910.03151) and GCNet
-  (arXiv:1904.11492).
+  (arXiv:1904.11492); ``bat`` (BAT, Chi et al., CVPR 2020) goes there too, as timm's ResNet puts
+  any ``attn_layer`` (timm's ByobNet ``bat_resnext26ts`` puts it after the 3x3 instead).
 * ``nl``, Non-local Neural Networks (arXiv:1711.07971): the paper's "5-block" ResNet-50 setting,
   "3 to res4 and 2 to res3, to every other residual block"; res3/res4 are torchvision's
   ``layer2``/``layer3``. A non-local block follows (module ``post_attn``, after the final ReLU)
@@ -176,6 +177,15 @@ class Bottleneck(_ResBlock):
 _BLOCK_TYPES = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
+def register_block_type(name: str, cls: type) -> type:
+    """Make ``ResNet(block=name)`` build ``cls`` (a :class:`_ResBlock` with the same signature); e.g.
+    timm's SK / ResNeSt blocks in :mod:`zoo.models.sk_resnest`. A taken name raises."""
+    if name in _BLOCK_TYPES:
+        raise ValueError(f"ResNet block type {name!r} is already registered.")
+    _BLOCK_TYPES[name] = cls
+    return cls
+
+
 class ResNet(nn.Module):
     """ResNet / ResNeXt with an optional attention block in every residual block.
 
@@ -255,7 +265,7 @@ class ResNet(nn.Module):
                 sa_feat = None
                 if place == "conv2" and stage in CONV2_STAGES.get(attn, (1, 2, 3, 4)):
                     # Bottleneck attends before its stride, BasicBlock after (conv1 strides).
-                    sa_feat = feat if block == "bottleneck" else -(-feat // s)
+                    sa_feat = feat if block_cls.expansion == 4 else -(-feat // s)
                 blocks.append(block_cls(
                     inplanes, planes, s, downsample,
                     attn=attn,
@@ -467,7 +477,7 @@ _ARCHS = {
     "resnext50_32x4d": dict(layers=(3, 4, 6, 3), block="bottleneck", groups=32, width_per_group=4),
 }
 # Prefixes registered as ``{prefix}_{arch}``, each fixing ``attn``.
-ATTN_VARIANTS = ("se", "cbam", "eca", "gc", "nl", "sa", "sk", "splat", "lambda", "halo")
+ATTN_VARIANTS = ("se", "cbam", "eca", "gc", "nl", "sa", "sk", "splat", "lambda", "halo", "bat")
 
 
 def _create_resnet(arch: dict, **kwargs) -> ResNet:
