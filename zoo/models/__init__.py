@@ -2,3 +2,4 @@
 from . import (  # noqa: F401  (importing them fills the registry)
     byob_attn, deit, efficientvit, pvt_v2, resnet, swin, timm_attn, vit, xcit,
 )
+from . import sk_resnest  # noqa: F401
