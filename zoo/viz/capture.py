@@ -56,6 +56,12 @@ KINDS = {
     "reduced": "[B, heads, N, N_r] softmax over spatially reduced keys, rows sum 1 - PVT v2",
     "linear": "[B, heads, N, N] equivalent per-query weights of ReLU linear attention, rows sum 1 - EfficientViT",
     "xca": "[B, heads, C/h, C/h] cross-covariance (channel) attention, rows sum 1 - XCiT",
+    # zoo/viz/capture_twins.py says how each is computed.
+    "branch": "[B, paths, C] softmax over the SK branches (3x3, dilated 3x3), sum 1 over paths - sk",
+    "split": "[B, radix, C] split weights, softmax over the radix (sigmoid if radix 1) - ResNeSt splat",
+    "keys": "[B, K, H, W] content-lambda keys, softmax over positions (each K sums 1) - lambda",
+    "halo": "[B, heads, blocks, queries per block, win*win] blocked local attention, rows sum 1 - halo",
+    "bilinear": "[B, groups, 2, bs, bs] BAT row transform p and column transform q^T, rows sum 1 - bat",
 }
 
 
@@ -323,6 +329,9 @@ def _installers() -> list[tuple[type, object]]:
         out.append((WindowAttention, _install_swin_attention))
     except ImportError:
         pass
+    from .capture_twins import installers as twins_installers  # sk, splat, lambda, halo, bat
+
+    out += twins_installers()
     from .efficient_capture import installers as efficient_installers
 
     return out + efficient_installers()
