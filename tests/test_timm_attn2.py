@@ -13,7 +13,8 @@ BYOB = ["halonet26t", "sehalonet33ts", "eca_halonext26ts", "lambda_resnet26t", "
 OTHER = {"lambda_resnet26t": 128, "halonet26t": 512, "sehalonet33ts": 512, "eca_halonext26ts": 512,
          "bat_resnext26ts": 512}
 FAST = {("skresnet18", 224), ("skresnet18", 96), ("resnest14d", 224), ("resnest14d", 96),
-        ("skresnext50_32x4d", 96), ("lambda_resnet26t", 128), ("eca_halonext26ts", 256), ("bat_resnext26ts", 256)}
+        ("skresnext50_32x4d", 96), ("lambda_resnet26t", 128), ("eca_halonext26ts", 256), ("bat_resnext26ts", 256),
+        ("halonet26t", 256), ("sehalonet33ts", 256), ("lambda_resnet26t", 256)}
 
 
 def _cases():
@@ -29,6 +30,7 @@ def _pair(name):
     ref = timm.create_model(name, pretrained=False).eval()
     ours = zoo.create(name).eval()
     entry = zoo.registry.get_model_entry(name)
+    ref.load_state_dict(_random_bn(ref.state_dict()))
     ours.load_state_dict(entry.filter_fn(ref.state_dict(), ours), strict=True)
     return ref, ours
 
