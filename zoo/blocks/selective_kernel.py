@@ -47,7 +47,7 @@ class _SelectAttn(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[B, paths, C, H, W]`` -> weights ``[B, paths, C, 1, 1]``, sum 1 over paths."""
-        s = x.sum(1).mean((2, 3), keepdim=True)  # B, C, 1, 1
+        s = x.mean((3, 4)).sum(1)[..., None, None]  # B, C, 1, 1: pool, then add the branches (both linear)
         a = self.fc_select(self.act(self.bn(self.fc_reduce(s))))
         return a.view(a.shape[0], self.num_paths, -1, 1, 1).softmax(1)
 
@@ -116,4 +116,9 @@ class SelectiveKernel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.branches(x)
-        return (feats * self.attn(feats)).sum(1)
+        a = self.attn(feats)
+        # Term by term, as SplitAttn: a .sum(1) over a stack of channels-last maps is a slow strided reduction.
+        out = feats[:, 0] * a[:, 0]
+        for i in range(1, self.num_paths):
+            out = out + feats[:, i] * a[:, i]
+        return out
