@@ -51,6 +51,12 @@ def test_sehalonet_final_conv_in_features():
     assert [(d["num_chs"], d["reduction"]) for d in ref.feature_info] == \
         [(d["num_chs"], d["reduction"]) for d in ours.feature_info]
     assert ours.num_features == 1280
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        a = ref.forward_intermediates(x, intermediates_only=True)
+        b = ours.forward_intermediates(x, intermediates_only=True)
+    assert [t.shape for t in a] == [t.shape for t in b] and b[-1].shape[1] == 1280  # after final_conv, as timm
+    assert all((p - q).abs().max() <= 1e-4 * p.abs().max() for p, q in zip(a, b))
 
 
 def _random_bn(sd):
