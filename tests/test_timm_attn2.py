@@ -128,7 +128,7 @@ def test_capture_each_block(name, kind, cls):
     n_blocks = sum(type(mod).__name__ == cls for mod in model.modules())
     got = maps.of_kind(kind)
     assert n_blocks > 0 and len(got) == n_blocks
-    for key, m in got.items():
+    for m in got.values():
         assert torch.isfinite(m).all()
         if kind in ("branch", "split"):  # [B, paths, C]: softmax over dim 1
             assert torch.allclose(m.sum(1), torch.ones_like(m.sum(1)), atol=1e-5)

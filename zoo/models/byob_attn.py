@@ -7,7 +7,11 @@ ResNet): ``se`` (SENet, arXiv:1709.01507), ``eca`` (ECA-Net, arXiv:1910.03151) o
 (GCNet, arXiv:1904.11492, timm's ``gca``: additive fusion, ``rd_ratio=1/8``, LayerNorm eps 1e-6).
 ``botnet26t_256`` and ``eca_botnext26ts_256`` (BoTNet, arXiv:2101.11605; the latter with 16-wide
 q/k heads) replace the 3x3 by the zoo's ``sa`` block in the second block of stage 3 and both
-blocks of stage 4 (``stage_types``), its tables built for ``img_size``. The shortcut is a strided 1x1 conv + BN when the shape changes. Every variant is a row of
+blocks of stage 4 (``stage_types``), its tables built for ``img_size``. The HaloNet
+(arXiv:2103.12731: ``halonet26t``, ``sehalonet33ts``, ``eca_halonext26ts``) and LambdaResNet
+(arXiv:2102.08602: ``lambda_resnet26t``) hybrids put the zoo's ``halo`` / ``lambda`` block there
+instead (``self_attn``; halo with ``mask_padding=False``, as timm), and ``bat_resnext26ts`` the ``bat``
+block (BAT, CVPR 2020) after every 3x3. The shortcut is a strided 1x1 conv + BN when the shape changes. Every variant is a row of
 :data:`BYOB_ATTN_ARCHS`. Parameter names are timm's except the classifier (``fc``, timm ``head.fc``)
 and GC's MLP (timm wraps it in ``mlp_add``); :func:`filter_fn` converts.
 """
