@@ -254,7 +254,7 @@ def test_default_capped_for_shallow_vit():
 def _family(name: str) -> str:
     """resnet / <attn> (attention ResNets and ResNeXts) / vit / swin / swin_v2; timm's attention CNNs by file."""
     module = zoo.registry.get_model_entry(name).fn.__module__.rsplit(".", 1)[-1]
-    if module in ("timm_attn", "byob_attn"):  # timm's names (seresnext26d_32x4d, eca_botnext26ts_256, ...)
+    if module in ("timm_attn", "byob_attn", "sk_resnest"):  # timm's names (seresnext26d_32x4d, skresnet18, ...)
         return module
     if name.startswith("swin_v2"):
         return "swin_v2"
@@ -272,7 +272,7 @@ FAMILY_REPS = {
     "deit_t_16_distilled": dict(img_size=64, embed_dim=32, depth=4, num_heads=2), "swin_t": dict(SWIN_TINY, window_size=4),
     "swin_v2_t": dict(SWIN_TINY, window_size=4),
     "ecaresnet26t": {}, "seresnext26ts": {}, "sk_resnet18": {}, "splat_resnet18": {}, "lambda_resnet18": {},
-    "halo_resnet18": {},
+    "halo_resnet18": {}, "bat_resnet18": {}, "skresnet18": {}, "resnest14d": {},
     "pvt_v2_b0": dict(depths=(1, 1, 1, 1)), "efficientvit_b0": {}, "xcit_t12_16": dict(depth=3),
 }
 
