@@ -254,7 +254,7 @@ def test_default_capped_for_shallow_vit():
 def _family(name: str) -> str:
     """resnet / <attn> (attention ResNets and ResNeXts) / vit / swin / swin_v2; timm's attention CNNs by file."""
     module = zoo.registry.get_model_entry(name).fn.__module__.rsplit(".", 1)[-1]
-    if module in ("timm_attn", "byob_attn", "mobilenet_v2"):  # timm's names (seresnext26d_32x4d, ...); one host file
+    if module in ("timm_attn", "byob_attn", "mobilenet_v2", "sk_resnest"):  # timm's names; one host file
         return module
     if name.startswith("swin_v2"):
         return "swin_v2"
@@ -275,6 +275,7 @@ FAMILY_REPS = {
     "halo_resnet18": {},
     "ese_resnet18": {}, "ge_resnet18": {}, "ceca_resnet18": {}, "fca_resnet18": {}, "gct_resnet18": {}, "srm_resnet18": {}, "simam_resnet18": {},
     "a2_resnet18": {}, "ea_resnet18": {}, "cc_resnet18": {}, "danet_resnet18": {}, "psa_resnet18": {}, "aa_resnet18": {},
+    "bat_resnet18": {}, "skresnet18": {}, "resnest14d": {},
     "pvt_v2_b0": dict(depths=(1, 1, 1, 1)), "efficientvit_b0": {}, "xcit_t12_16": dict(depth=3),
     "cbam_mobilenet_v2": {},
 }

@@ -9,3 +9,4 @@ from . import halo, lambda_layer, selective_kernel, split_attn  # noqa: F401
 from . import ceca, ese, fca, gather_excite, gct, simam, srm  # noqa: F401  (channel gates, issue #12)
 from . import attn_augmented, criss_cross, double_attn, dual_attn, external_attn, pyramid_split  # noqa: F401
 from . import bam, coord, lka, scse, sge, shuffle, triplet  # noqa: F401  (gates2: channel-and-spatial gates)
+from . import bat  # noqa: F401

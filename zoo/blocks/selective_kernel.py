@@ -47,7 +47,7 @@ class _SelectAttn(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[B, paths, C, H, W]`` -> weights ``[B, paths, C, 1, 1]``, sum 1 over paths."""
-        s = x.sum(1).mean((2, 3), keepdim=True)  # B, C, 1, 1
+        s = x.mean((3, 4)).sum(1)[..., None, None]  # B, C, 1, 1: pool, then add the branches (both linear)
         a = self.fc_select(self.act(self.bn(self.fc_reduce(s))))
         return a.view(a.shape[0], self.num_paths, -1, 1, 1).softmax(1)
 
@@ -67,6 +67,8 @@ class SelectiveKernel(nn.Module):
         groups: groups of each branch conv (ResNeXt cardinality).
         rd_ratio, rd_channels, rd_divisor: width of the select MLP (``make_divisible(out * rd_ratio)``).
         keep_3x3: dilated 3x3 branches instead of large kernels (the paper's efficient variant).
+        split_input: each branch sees ``channels / paths`` inputs (timm's default); False: all of them
+            (the paper's SKNet-50, timm's ``skresnext50_32x4d``).
         act_layer, norm_layer: of the branches.
         feat_size: ignored (accepted so every ``conv2``-placed block takes the same arguments).
 
@@ -76,7 +78,7 @@ class SelectiveKernel(nn.Module):
     def __init__(self, channels: int, out_channels: int | None = None, *,
                  kernel_size: Sequence[int] = (3, 5), stride: int = 1, dilation: int = 1, groups: int = 1,
                  rd_ratio: float = 1.0 / 16, rd_channels: int | None = None, rd_divisor: int = 8,
-                 keep_3x3: bool = True, act_layer: Callable[..., nn.Module] = nn.ReLU,
+                 keep_3x3: bool = True, split_input: bool = True, act_layer: Callable[..., nn.Module] = nn.ReLU,
                  norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d, feat_size=None):
         super().__init__()
         out_channels = out_channels or channels
@@ -94,13 +96,13 @@ class SelectiveKernel(nn.Module):
         else:
             dils = [dilation] * len(ks)
         self.num_paths = len(ks)
-        if channels % self.num_paths:
+        if split_input and channels % self.num_paths:
             raise ValueError(f"channels ({channels}) must be divisible by the number of branches ({self.num_paths}).")
-        in_split = channels // self.num_paths
+        in_split = channels // self.num_paths if split_input else channels
         groups = min(out_channels, groups)
         if in_split % groups or out_channels % groups:
             raise ValueError(f"channels/paths ({in_split}) and out_channels ({out_channels}) must divide by groups ({groups}).")
-        self.in_split = in_split
+        self.in_split, self.split_input = in_split, split_input
         self.paths = nn.ModuleList(
             ConvNormAct(in_split, out_channels, k, stride, d, groups, act_layer, norm_layer) for k, d in zip(ks, dils)
         )
@@ -109,9 +111,14 @@ class SelectiveKernel(nn.Module):
 
     def branches(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> ``[B, paths, out, H', W']``."""
-        parts = torch.split(x, self.in_split, 1)
+        parts = torch.split(x, self.in_split, 1) if self.split_input else [x] * self.num_paths
         return torch.stack([op(p) for op, p in zip(self.paths, parts)], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.branches(x)
-        return (feats * self.attn(feats)).sum(1)
+        a = self.attn(feats)
+        # Term by term, as SplitAttn: a .sum(1) over a stack of channels-last maps is a slow strided reduction.
+        out = feats[:, 0] * a[:, 0]
+        for i in range(1, self.num_paths):
+            out = out + feats[:, i] * a[:, i]
+        return out

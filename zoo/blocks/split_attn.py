@@ -64,7 +64,7 @@ class SplitAttn(nn.Module):
     def split_weights(self, splits: torch.Tensor) -> torch.Tensor:
         """``splits``: ``[B, R, C, H, W]`` -> weights ``[B, R, C]`` (softmax over R; sigmoid if R = 1)."""
         b = splits.shape[0]
-        s = splits.sum(1).mean((2, 3), keepdim=True)  # B, C, 1, 1
+        s = splits.mean((3, 4)).sum(1).view(b, -1, 1, 1)  # B, C, 1, 1: pool, then add the splits (both linear)
         a = self.fc2(self.act1(self.bn1(self.fc1(s)))).view(b, self.groups, self.radix, -1)  # fc2 is group-major
         a = a.softmax(2) if self.radix > 1 else a.sigmoid()
         return a.transpose(1, 2).reshape(b, self.radix, -1)  # B, R, C (conv output is radix-major)
@@ -73,4 +73,10 @@ class SplitAttn(nn.Module):
         y = self.act0(self.bn0(self.conv(x)))
         b, rc, h, w = y.shape
         splits = y.view(b, self.radix, rc // self.radix, h, w)
-        return (splits * self.split_weights(splits)[..., None, None]).sum(1)
+        a = self.split_weights(splits)[..., None, None]  # B, R, C, 1, 1
+        # Term by term: a .sum(1) over the radix of a channels-last view is a strided reduction, ~10x
+        # slower on CPU (measured: a third of ResNeSt-26d's inference time).
+        out = splits[:, 0] * a[:, 0]
+        for r in range(1, self.radix):
+            out = out + splits[:, r] * a[:, r]
+        return out

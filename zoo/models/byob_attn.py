@@ -7,7 +7,11 @@ ResNet): ``se`` (SENet, arXiv:1709.01507), ``eca`` (ECA-Net, arXiv:1910.03151) o
 (GCNet, arXiv:1904.11492, timm's ``gca``: additive fusion, ``rd_ratio=1/8``, LayerNorm eps 1e-6).
 ``botnet26t_256`` and ``eca_botnext26ts_256`` (BoTNet, arXiv:2101.11605; the latter with 16-wide
 q/k heads) replace the 3x3 by the zoo's ``sa`` block in the second block of stage 3 and both
-blocks of stage 4 (``stage_types``), its tables built for ``img_size``. The shortcut is a strided 1x1 conv + BN when the shape changes. Every variant is a row of
+blocks of stage 4 (``stage_types``), its tables built for ``img_size``. The HaloNet
+(arXiv:2103.12731: ``halonet26t``, ``sehalonet33ts``, ``eca_halonext26ts``) and LambdaResNet
+(arXiv:2102.08602: ``lambda_resnet26t``) hybrids put the zoo's ``halo`` / ``lambda`` block there
+instead (``self_attn``; halo with ``mask_padding=False``, as timm), and ``bat_resnext26ts`` the ``bat``
+block (BAT, CVPR 2020) after every 3x3. The shortcut is a strided 1x1 conv + BN when the shape changes. Every variant is a row of
 :data:`BYOB_ATTN_ARCHS`. Parameter names are timm's except the classifier (``fc``, timm ``head.fc``)
 and GC's MLP (timm wraps it in ``mlp_add``); :func:`filter_fn` converts.
 """
@@ -20,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..blocks.self_attn import BottleneckSelfAttn
-from ..layers import check_image_input, check_int
+from ..layers import check_image_input, check_int, make_divisible
 from ..registry import create_block, register_model
 from .features import check_output_fmt, feature_take_indices
 
@@ -28,7 +32,8 @@ __all__ = ["ByobAttnNet", "BYOB_ATTN_ARCHS", "filter_fn"]
 
 _ACTS = {"relu": nn.ReLU, "silu": nn.SiLU}
 # Block kwargs that make a zoo block timm's attn_layer of that name.
-_ATTN_KWARGS = {"se": {}, "eca": {}, "gc": dict(rd_ratio=1 / 8, norm_layer=functools.partial(nn.LayerNorm, eps=1e-6))}
+_ATTN_KWARGS = {"se": {}, "eca": {}, "bat": {},
+                "gc": dict(rd_ratio=1 / 8, norm_layer=functools.partial(nn.LayerNorm, eps=1e-6))}
 
 
 class ConvBnAct(nn.Sequential):
@@ -47,13 +52,14 @@ class ByobBottleneck(nn.Module):
     Shapes: ``[B, cin, H, W]`` -> ``[B, cout, H / stride, W / stride]``.
     """
 
-    def __init__(self, cin, cout, stride, groups, attn, act):
+    def __init__(self, cin, cout, stride, groups, attn, act, *, mid=None, attn_kwargs=None):
         super().__init__()
-        mid = cout // 4
+        mid = mid or cout // 4
         self.shortcut = ConvBnAct(cin, cout, 1, stride) if (cin != cout or stride != 1) else None
         self.conv1_1x1 = ConvBnAct(cin, mid, 1, act=act)
         self.conv2_kxk = ConvBnAct(mid, mid, 3, stride, groups=groups, act=act)
-        self.attn = create_block(attn, mid, **_ATTN_KWARGS.get(attn, {})) if attn else nn.Identity()
+        kw = {**_ATTN_KWARGS.get(attn, {}), **(attn_kwargs or {})}
+        self.attn = create_block(attn, mid, **kw) if attn else nn.Identity()
         self.conv3_1x1 = ConvBnAct(mid, cout, 1)
         self.act = act()
         for m in self.modules():
@@ -93,21 +99,25 @@ class NarrowQKSelfAttn(BottleneckSelfAttn):
 
 
 class ByobSelfAttn(nn.Module):
-    """BoTNet block (arXiv:2101.11605): 1x1 -> multi-head self-attention (``sa``, pools 2x2 when strided)
-    -> BN + act -> 1x1, plus shortcut, then the activation.
+    """BoTNet block (arXiv:2101.11605): 1x1 -> self-attention (``sa``, pools 2x2 when strided; or the
+    ``halo`` / ``lambda`` block, timm's HaloNet / LambdaResNet) -> BN + act -> 1x1, plus shortcut, then
+    the activation.
 
     Args: as :class:`ByobBottleneck`, plus ``feat_size``, the map the attention sees (before its pool),
-    for its relative-position tables, and ``num_heads``.
+    for its relative-position tables, ``num_heads``, ``self_attn`` (block name) and its ``self_attn_kwargs``.
 
     Shapes: ``[B, cin, H, W]`` -> ``[B, cout, H / stride, W / stride]``.
     """
 
-    def __init__(self, cin, cout, stride, groups, attn, act, *, feat_size, num_heads=4, qk_head_dim=None):
+    def __init__(self, cin, cout, stride, groups, attn, act, *, feat_size, num_heads=4, qk_head_dim=None,
+                 mid=None, self_attn="sa", self_attn_kwargs=None):
         super().__init__()
-        mid = cout // 4
+        mid = mid or cout // 4
         self.shortcut = ConvBnAct(cin, cout, 1, stride) if (cin != cout or stride != 1) else None
         self.conv1_1x1 = ConvBnAct(cin, mid, 1, act=act)
-        if qk_head_dim is None:
+        if self_attn != "sa":  # halo / lambda: heads and widths from self_attn_kwargs, as timm's cfg
+            self.self_attn = create_block(self_attn, mid, feat_size=feat_size, stride=stride, **(self_attn_kwargs or {}))
+        elif qk_head_dim is None:
             self.self_attn = create_block("sa", mid, num_heads=num_heads, feat_size=feat_size, stride=stride)
         else:
             self.self_attn = NarrowQKSelfAttn(mid, qk_head_dim=qk_head_dim, num_heads=num_heads,
@@ -137,6 +147,11 @@ class ByobAttnNet(nn.Module):
             comma-separated to interleave, as timm's ``interleave_blocks``).
         qk_head_dim: q/k head width of the ``self_attn`` blocks (None: ``channels / num_heads``, as v).
         stem_pool: max-pool after the stem (``*ts``); else the stem's last conv strides (``gcresnet50t``).
+        widths, bottle_ratios: per stage, output channels and bottleneck width ratio (timm ``make_divisible``).
+        attn_kwargs: extra keyword arguments of ``attn`` (``bat``: ``block_size``).
+        self_attn, self_attn_kwargs: the block of ``self_attn`` stages (``sa``, ``halo``, ``lambda``) and its
+            keyword arguments (timm's ``self_attn_kwargs``).
+        num_features: width of a final 1x1 conv + BN + act before the pool (None: none; ``sehalonet33ts``: 1280).
         num_classes, in_chans: classifier outputs (0: none), image channels.
         img_size: the size the weights were trained at, and the one ``self_attn`` blocks build their
             relative-position tables for (other sizes work; ``sa`` resamples its tables).
@@ -146,6 +161,8 @@ class ByobAttnNet(nn.Module):
 
     def __init__(self, depths=(2, 2, 2, 2), *, group_width: int | None = 32, attn: str | None = "se",
                  act: str = "silu", stage_types=("bottle",) * 4, qk_head_dim: int | None = None, stem_pool: bool = True,
+                 widths=(256, 512, 1024, 2048), bottle_ratios=(0.25,) * 4, attn_kwargs: dict | None = None,
+                 self_attn: str = "sa", self_attn_kwargs: dict | None = None, num_features: int | None = None,
                  num_classes: int = 1000, in_chans: int = 3, img_size: int = 256):
         super().__init__()
         check_int("ByobAttnNet", "depths", tuple(depths))
@@ -154,6 +171,8 @@ class ByobAttnNet(nn.Module):
         if act not in _ACTS:
             raise ValueError(f"act must be one of {sorted(_ACTS)}, got {act!r}.")
         check_int("ByobAttnNet", "img_size", img_size)
+        if not len(stage_types) == len(widths) == len(bottle_ratios) == len(depths):
+            raise ValueError(f"stage_types, widths and bottle_ratios need one entry per stage ({len(depths)}).")
         if len(stage_types) != len(depths):
             raise ValueError(f"stage_types needs one entry per stage ({len(depths)}), got {stage_types!r}.")
         kinds = [t.split(",") for t in stage_types]
@@ -175,21 +194,27 @@ class ByobAttnNet(nn.Module):
         self.feature_info = [dict(num_chs=64 if stem_pool else 32, reduction=2, module=f"stem.{self._stem_feat}")]
         stages, cin, red = [], 64, 4
         feat = -(-img_size // 4)  # map side entering stage 0
-        for i, (d, cout) in enumerate(zip(depths, (256, 512, 1024, 2048))):
+        for i, (d, cout) in enumerate(zip(depths, widths)):
             blocks = []
+            mid = make_divisible(cout * bottle_ratios[i])
             for j in range(d):
                 s = 2 if (i > 0 and j == 0) else 1
-                groups = (cout // 4) // group_width if group_width else 1
+                groups = mid // group_width if group_width else 1
                 if kinds[i][j % len(kinds[i])] == "self_attn":  # attends before its stride, at `feat`
-                    blocks.append(ByobSelfAttn(cin, cout, s, groups, attn, act_layer, feat_size=feat,
-                                               qk_head_dim=qk_head_dim))
+                    blocks.append(ByobSelfAttn(cin, cout, s, groups, attn, act_layer, feat_size=feat, mid=mid,
+                                               qk_head_dim=qk_head_dim, self_attn=self_attn,
+                                               self_attn_kwargs=self_attn_kwargs))
                 else:
-                    blocks.append(ByobBottleneck(cin, cout, s, groups, attn, act_layer))
+                    blocks.append(ByobBottleneck(cin, cout, s, groups, attn, act_layer, mid=mid, attn_kwargs=attn_kwargs))
                 cin, feat = cout, -(-feat // s)
             red *= 2 if i > 0 else 1
             stages.append(nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=cout, reduction=red, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
+        self.final_conv = ConvBnAct(cin, num_features, 1, act=act_layer) if num_features else nn.Identity()
+        if num_features:  # timm reports the last map after final_conv
+            cin = num_features
+            self.feature_info[-1] = dict(num_chs=cin, reduction=red, module="final_conv")
         self.num_features = cin
         self.fc = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -219,7 +244,7 @@ class ByobAttnNet(nn.Module):
         x = self.stem(x)
         for stage in self.stages:
             x = self._run(stage, x)
-        return x
+        return self.final_conv(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean((2, 3))
@@ -247,6 +272,8 @@ class ByobAttnNet(nn.Module):
                 maps.append(x)
         for i, stage in enumerate(stages[:last] if stop_early else stages, start=1):
             x = self._run(stage, x)
+            if i == len(self.stages):
+                x = self.final_conv(x)
             if i in take:
                 maps.append(x)
         return maps if intermediates_only else (x, maps)
@@ -262,9 +289,9 @@ class ByobAttnNet(nn.Module):
 
 
 _RENAMES = ((re.compile(r"^head\.fc\."), "fc."), (re.compile(r"\.attn\.mlp_add\."), ".attn."),
-            (re.compile(r"\.post_attn\.(weight|bias|running_mean|running_var|num_batches_tracked)$"), r".post_attn.bn.\1"),
-            (re.compile(r"\.self_attn\.pos_embed\.height_rel$"), ".self_attn.rel_height"),
-            (re.compile(r"\.self_attn\.pos_embed\.width_rel$"), ".self_attn.rel_width"))
+            (re.compile(r"\.post_attn\.(weight|bias|running_mean|running_var|num_batches_tracked)$"), r".post_attn.bn.\1"))
+_SA_RENAMES = ((re.compile(r"\.self_attn\.pos_embed\.height_rel$"), ".self_attn.rel_height"),
+               (re.compile(r"\.self_attn\.pos_embed\.width_rel$"), ".self_attn.rel_width"))
 
 
 def filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -278,6 +305,9 @@ def filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str
     for k, v in state_dict.items():
         for pat, rep in _RENAMES:
             k = pat.sub(rep, k)
+        if ".self_attn.pos_embed." in k and isinstance(model.get_submodule(k.split(".pos_embed.")[0]), BottleneckSelfAttn):
+            for pat, rep in _SA_RENAMES:  # halo keeps timm's pos_embed names
+                k = pat.sub(rep, k)
         if k.endswith((".self_attn.rel_height", ".self_attn.rel_width")):
             v = v / model.get_submodule(k.rsplit(".", 1)[0]).scale
         out[k] = v
@@ -285,6 +315,7 @@ def filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str
 
 
 # name -> ByobAttnNet arguments; timm/models/byobnet.py model_cfgs define the same rows.
+_HYBRID = ("bottle", "bottle", "bottle,self_attn", "self_attn")  # timm's *26t attention hybrids
 BYOB_ATTN_ARCHS = {
     "seresnext26ts": dict(depths=(2, 2, 2, 2), group_width=32, attn="se", act="silu"),
     "eca_resnext26ts": dict(depths=(2, 2, 2, 2), group_width=32, attn="eca", act="silu"),
@@ -294,6 +325,19 @@ BYOB_ATTN_ARCHS = {
                           stage_types=("bottle", "bottle", "bottle,self_attn", "self_attn")),
     "eca_botnext26ts_256": dict(depths=(2, 2, 2, 2), group_width=16, attn="eca", act="silu", qk_head_dim=16,
                                 stage_types=("bottle", "bottle", "bottle,self_attn", "self_attn")),
+    # HaloNet (arXiv:2103.12731) / LambdaResNet (arXiv:2102.08602) hybrids: timm/models/byoanet.py model_cfgs.
+    "halonet26t": dict(group_width=None, attn=None, act="relu", stage_types=_HYBRID, self_attn="halo",
+                       self_attn_kwargs=dict(block_size=8, halo_size=2, mask_padding=False)),
+    "sehalonet33ts": dict(depths=(2, 3, 3, 2), group_width=None, attn="se", act="silu", stem_pool=False,
+                          stage_types=("bottle", "bottle,bottle,self_attn", "bottle,bottle,self_attn", "self_attn"),
+                          widths=(256, 512, 1024, 1536), bottle_ratios=(0.25, 0.25, 0.25, 0.333), num_features=1280,
+                          self_attn="halo", self_attn_kwargs=dict(block_size=8, halo_size=3, mask_padding=False)),
+    "eca_halonext26ts": dict(group_width=16, attn="eca", act="silu", stage_types=_HYBRID, self_attn="halo",
+                             self_attn_kwargs=dict(block_size=8, halo_size=2, dim_head=16, mask_padding=False)),
+    "lambda_resnet26t": dict(group_width=None, attn=None, act="relu", stage_types=_HYBRID, self_attn="lambda",
+                             self_attn_kwargs=dict(r=9)),
+    # BAT (Chi et al., CVPR 2020) after the 3x3 of every bottleneck: timm/models/byobnet.py.
+    "bat_resnext26ts": dict(group_width=32, attn="bat", act="silu", attn_kwargs=dict(block_size=8)),
 }
 
 

@@ -6,7 +6,8 @@ names, plus every registered attention block inserted where its paper puts it:
 * ``se`` / ``cbam`` / ``eca`` / ``gc`` (and any other block not listed in ``ATTN_PLACEMENT``):
   on the residual branch after the last norm, before the addition (module ``attn`` of each block),
   as in SENet (arXiv:1709.01507), CBAM (arXiv:1807.06521), ECA-Net (arXiv:1910.03151) and GCNet
-  (arXiv:1904.11492).
+  (arXiv:1904.11492); ``bat`` (BAT, Chi et al., CVPR 2020) goes there too, as timm's ResNet puts
+  any ``attn_layer`` (timm's ByobNet ``bat_resnext26ts`` puts it after the 3x3 instead).
 * ``bam``, BAM (arXiv:1807.06514): at the stage boundaries, after the last block of ``layer1``,
   ``layer2`` and ``layer3`` (module ``post_attn`` of that block, after its final ReLU), as the
   authors' ``bam1``-``bam3``; ``STAGE_AFTER`` lists the stages. The other gates2 blocks (``triplet``,
@@ -188,6 +189,15 @@ class Bottleneck(_ResBlock):
 _BLOCK_TYPES = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
+def register_block_type(name: str, cls: type) -> type:
+    """Make ``ResNet(block=name)`` build ``cls`` (a :class:`_ResBlock` with the same signature); e.g.
+    timm's SK / ResNeSt blocks in :mod:`zoo.models.sk_resnest`. A taken name raises."""
+    if name in _BLOCK_TYPES:
+        raise ValueError(f"ResNet block type {name!r} is already registered.")
+    _BLOCK_TYPES[name] = cls
+    return cls
+
+
 class ResNet(nn.Module):
     """ResNet / ResNeXt with an optional attention block in every residual block.
 
@@ -267,7 +277,7 @@ class ResNet(nn.Module):
                 sa_feat = None
                 if place == "conv2" and stage in CONV2_STAGES.get(attn, (1, 2, 3, 4)):
                     # Bottleneck attends before its stride, BasicBlock after (conv1 strides).
-                    sa_feat = feat if block == "bottleneck" else -(-feat // s)
+                    sa_feat = feat if block_cls.expansion == 4 else -(-feat // s)
                 blocks.append(block_cls(
                     inplanes, planes, s, downsample,
                     attn=attn,
@@ -487,6 +497,7 @@ ATTN_VARIANTS += ("triplet", "coord", "bam", "sge", "shuffle", "scse", "lka")  #
 # Per (block, block type) defaults of a variant: SA-Net's 64 groups need C % 128 == 0, which
 # ResNet-18/34's 64-channel layer1 is not; 32 groups fit every stage there.
 VARIANT_KWARGS = {("shuffle", "basic"): dict(attn_kwargs=dict(groups=32))}
+ATTN_VARIANTS += ("bat",)
 
 
 def _create_resnet(arch: dict, **kwargs) -> ResNet:

@@ -16,7 +16,7 @@ Parameter names are timm's except the attention module (``attn`` here, ``se`` in
 :func:`zoo.models.resnet.filter_fn` converts, so timm checkpoints load.
 
 timm's ByobNet attention nets (``*26ts``, ``gcresnet50t``, ``botnet26t_256``, ``eca_botnext26ts_256``) are in
-:mod:`zoo.models.byob_attn`. Not in the zoo yet: the sk / splat / halo / lambda / bat nets.
+:mod:`zoo.models.byob_attn` (with the halo / lambda / bat nets); the SK and ResNeSt nets in :mod:`zoo.models.sk_resnest`.
 """
 from __future__ import annotations
 

@@ -66,6 +66,12 @@ KINDS = {
     "cross": "[B, C, W] or [B, C, H] gate over a channel x spatial plane - triplet rotated branches",
     "group": "[B, G, H, W] spatial gate of each channel group - SGE",
     "modulation": "[B, H, W] channel mean of an unbounded multiplicative map (out = x * attn) - LKA",
+    # zoo/viz/capture_twins.py says how each is computed.
+    "branch": "[B, paths, C] softmax over the SK branches (3x3, dilated 3x3), sum 1 over paths - sk",
+    "split": "[B, radix, C] split weights, softmax over the radix (sigmoid if radix 1) - ResNeSt splat",
+    "keys": "[B, K, H, W] content-lambda keys, softmax over positions (each K sums 1) - lambda",
+    "halo": "[B, heads, blocks, queries per block, win*win] blocked local attention, rows sum 1 - halo",
+    "bilinear": "[B, groups, 2, bs, bs] BAT row transform p and column transform q^T, rows sum 1 - bat",
 }
 
 
@@ -337,6 +343,9 @@ def _installers() -> list[tuple[type, object]]:
     out = gates1_installers() + out  # first: CircularEfficientChannelAttn subclasses EfficientChannelAttn
     from .capture_spatial import installers as spatial_installers
     out += spatial_installers()
+    from .capture_twins import installers as twins_installers  # sk, splat, lambda, halo, bat
+
+    out += twins_installers()
     from .efficient_capture import installers as efficient_installers
     from .capture_gates2 import installers as gates2_installers
 
