@@ -123,6 +123,28 @@ def test_importance_is_zero_for_a_silent_head_and_ratio_prunes_it_first():
     assert model.pruned_heads == {"blocks.1": 1} and attn.num_heads == 3
 
 
+@pytest.mark.parametrize("name", ["vit_t_16", "swin_t"])
+def test_importance_takes_the_absolute_value_per_example(name):
+    """E_x |dL(x)/d gate|: a batch of two scores as its two images apart (a batch-level |sum| would not)."""
+    model = _make(name)
+    x, y = _x(2), torch.tensor([1, 3])
+    summed = lambda out, t: torch.nn.functional.cross_entropy(out, t, reduction="sum")  # noqa: E731
+    both = head_importance(model, [(x, y)], loss_fn=summed, normalize=False)
+    apart = head_importance(model, [(x[:1], y[:1]), (x[1:], y[1:])], loss_fn=summed, normalize=False)
+    for n in both:
+        torch.testing.assert_close(both[n], apart[n], rtol=1e-4, atol=1e-7)
+
+
+def test_importance_of_a_shared_block_sums_its_calls():
+    model = _make("vit_t_16", depth=4, share_layers=2)
+    data = [(_x(2), torch.tensor([0, 1]))]
+    scores = head_importance(model, data)
+    assert list(scores) == ["blocks.0", "blocks.2"]  # one score vector per distinct block
+    zc.prune_heads(model, ratio=0.25, importance=scores)
+    assert model.blocks[0].attn.num_heads + model.blocks[2].attn.num_heads == 6
+    assert model.blocks[1] is model.blocks[0]
+
+
 @pytest.mark.parametrize("name", ["deit_t_16_distilled", "swin_v2_t"])
 def test_ratio_keeps_one_head_per_block(name):
     model = _make(name).train()

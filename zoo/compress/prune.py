@@ -3,7 +3,8 @@
 Attention-head pruning for ViT, DeiT (plain and distilled) and Swin v1/v2. A head's importance is
 the expected ``|dL/d xi_h|`` of a gate ``xi_h = 1`` multiplied into its output (here: a forward
 pre-hook on the output projection, so model code is untouched), normalised per layer by its L2
-norm, and the least important heads are removed globally. Removal is structural: the head's rows
+norm, and the least important heads are removed globally (the paper's one-shot variant: scores are
+measured once on the full model). Removal is structural: the head's rows
 of ``qkv`` (Swin v2: of ``q_bias`` / ``v_bias``), its columns of ``proj``, and its slice of Swin's
 relative position bias table (v1) or cpb MLP output and ``logit_scale`` (v2) are cut out and
 ``num_heads`` lowered, so the model is smaller and faster and still a plain module.
@@ -92,26 +93,35 @@ def slice_heads(attn: nn.Module, keep: Sequence[int]) -> None:
         clear(m)
 
 
-def _mask_hook(mask: torch.Tensor, head_dim: int):
-    def hook(module, args):  # proj input [..., heads * hd] times the gate of each head
+def _gate_hook(head_dim: int, gates: list):
+    """Multiply a fresh gate of ones ``[rows, heads]`` into the proj input ``[rows, ..., heads * hd]``.
+
+    One gate row per leading row (an image for ViT, a window for Swin) makes the gate's gradient
+    per example, so its absolute value can be taken before averaging over the data, as the paper's
+    ``E_x |dL(x) / d xi_h|``. A fresh gate per call covers blocks called twice (``share_layers``).
+    """
+    def hook(module, args):
         x = args[0]
-        gated = x.unflatten(-1, (mask.shape[0], head_dim)) * mask.to(x.dtype)[:, None]
-        return (gated.flatten(-2),) + tuple(args[1:])
+        H = x.shape[-1] // head_dim
+        gate = torch.ones(x.shape[0], H, device=x.device, requires_grad=True)
+        gates.append(gate)
+        g = gate.to(x.dtype).view(x.shape[0], *(1,) * (x.ndim - 2), H, 1)  # rows, 1.., heads, 1
+        return ((x.unflatten(-1, (H, head_dim)) * g).flatten(-2),) + tuple(args[1:])
     return hook
 
 
 def head_importance(model: nn.Module, data: Iterable, *, loss_fn: Callable | None = None,
                     normalize: bool = True) -> dict[str, torch.Tensor]:
-    """Michel et al.'s head importance: ``sum over batches of |dL / d gate_h|``.
+    """Michel et al.'s head importance: ``sum over examples of |dL(x) / d gate_h|``.
 
-    The model runs in eval mode (no dropout, DeiT distilled returns one logit tensor) with a gate
-    of ones ``[heads]`` per block multiplied into the output projection's input; only the gates'
-    gradients are computed (the parameters' ``.grad`` are left alone).
+    The model runs in eval mode (no dropout, DeiT distilled returns one logit tensor) with gates of
+    ones multiplied into each output projection's input (a forward pre-hook: model code is not
+    touched); only the gates' gradients are computed (the parameters' ``.grad`` are left alone).
 
     Args:
         model: a ViT / DeiT / Swin (plain or ``zoo.accel``-ed).
         data: iterable of ``(x, y)`` batches, ``x`` ``[B, 3, H, W]``, ``y`` ``[B]`` class indices.
-        loss_fn: ``loss_fn(logits, y)``; default cross-entropy.
+        loss_fn: ``loss_fn(logits, y)``, a sum or mean over the batch; default cross-entropy.
         normalize: divide each block's scores by their L2 norm (the paper's layer normalisation).
 
     Returns:
@@ -120,19 +130,28 @@ def head_importance(model: nn.Module, data: Iterable, *, loss_fn: Callable | Non
     mods = _check_prunable(model)
     loss_fn = loss_fn or F.cross_entropy
     device = next(model.parameters()).device
-    masks = {n: torch.ones(m.num_heads, device=device, requires_grad=True) for n, m in mods.items()}
-    hooks = [m.proj.register_forward_pre_hook(_mask_hook(masks[n], m.head_dim)) for n, m in mods.items()]
+    gates = {n: [] for n in mods}
+    hooks = [m.proj.register_forward_pre_hook(_gate_hook(m.head_dim, gates[n])) for n, m in mods.items()]
     scores = {n: torch.zeros(m.num_heads, device=device) for n, m in mods.items()}
     was_training, batches = model.training, 0
     model.eval()
     try:
         with torch.enable_grad():
             for x, y in data:
+                for g in gates.values():
+                    g.clear()
                 out = model(x.to(device))
                 out = out[0] if isinstance(out, (tuple, list)) else out
-                grads = torch.autograd.grad(loss_fn(out.float(), y.to(device)), list(masks.values()))
-                for n, g in zip(masks, grads):
-                    scores[n] += g.detach().abs()
+                flat = [g for n in mods for g in gates[n]]
+                grads = iter(torch.autograd.grad(loss_fn(out.float(), y.to(device)), flat))
+                B = x.shape[0]
+                for n in mods:
+                    per_example = 0
+                    for gate in gates[n]:  # rows are B images, or B * nW windows batch-major (Swin)
+                        d = next(grads)
+                        per_example = per_example + (d.view(B, -1, d.shape[-1]).sum(1) if d.shape[0] % B == 0
+                                                     else d.sum(0, keepdim=True))
+                    scores[n] += per_example.abs().sum(0)
                 batches += 1
     finally:
         for h in hooks:
