@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+from pathlib import Path
 
 import torch
 
@@ -52,7 +53,11 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--random-seeds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=64, help="batch size of importance data and timing")
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--save", default=None, help="folder for the pruned state dicts (p25_data.pth, p25_random.pth ...), "
+                    "to fine-tune with train.py pretrained=<file>")
     args = ap.parse_args(argv)
+    if args.save:
+        Path(args.save).mkdir(parents=True, exist_ok=True)
 
     model, meta = load_checkpoint(args.ckpt)
     dm = _datamodule(meta, args.data, args.batch)
@@ -78,6 +83,10 @@ def main(argv=None) -> list[dict]:
             rand = {n: torch.rand(m.num_heads, generator=g) for n, m in head_modules(model).items()}
             rm = prune_heads(copy.deepcopy(model), ratio=r, importance=rand)
             accs.append(top1(rm, val))
+            if args.save and s == 0:
+                torch.save(rm.state_dict(), Path(args.save) / f"p{round(r * 100)}_random.pth")
+        if args.save:
+            torch.save(pruned.state_dict(), Path(args.save) / f"p{round(r * 100)}_data.pth")
         rows.append({**row(f"{r:.0%} random", rm, statistics.mean(accs)), "top1_min": min(accs), "top1_max": max(accs)})
 
     x = torch.randn(args.batch, *size)
