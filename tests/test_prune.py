@@ -185,7 +185,6 @@ def test_bad_input():
 
 def test_pruned_checkpoint_fine_tunes_through_train_py(train_cfg, tmp_path):
     import train
-
     from zoo.checkpoint import load_checkpoint
 
     kw = dict(img_size=32, patch_size=8, depth=2, num_classes=10)

@@ -143,12 +143,12 @@ def head_importance(model: nn.Module, data: Iterable, *, loss_fn: Callable | Non
                 out = model(x.to(device))
                 out = out[0] if isinstance(out, (tuple, list)) else out
                 flat = [g for n in mods for g in gates[n]]
-                grads = iter(torch.autograd.grad(loss_fn(out.float(), y.to(device)), flat))
+                grads = dict(zip(map(id, flat), torch.autograd.grad(loss_fn(out.float(), y.to(device)), flat)))
                 B = x.shape[0]
                 for n in mods:
                     per_example = 0
                     for gate in gates[n]:  # rows are B images, or B * nW windows batch-major (Swin)
-                        d = next(grads)
+                        d = grads[id(gate)]
                         per_example = per_example + (d.view(B, -1, d.shape[-1]).sum(1) if d.shape[0] % B == 0
                                                      else d.sum(0, keepdim=True))
                     scores[n] += per_example.abs().sum(0)
