@@ -3,5 +3,5 @@
 ``quantize`` (int8, torchao), ``distill`` (knowledge distillation in ``train.py``).
 """
 from .distill import DistillLoss, check_distill_config, load_teacher  # noqa: F401
-from .prune import head_importance, prune_heads  # noqa: F401
 from .quantize import METHODS as QUANT_METHODS, quantize  # noqa: F401
+from .prune import head_importance, prune_heads  # noqa: F401
