@@ -148,12 +148,14 @@ def check_matches(meta: Mapping, *, model_name: str, num_classes: int, model_kwa
 
 def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
     """Load a train.py checkpoint's weights strictly, rebuilding retrofit gates it was saved with."""
+    from .compress.prune import match_heads
     from .weights import retrofit
     from .weights.loading import load_state_dict_into
 
     gated = retrofit.gated_prefixes(sd)
     if gated:  # trained from a plain backbone: the attention blocks sit in ResidualGate wrappers
         retrofit.wrap_gates(model, gated)
+    match_heads(model, sd)  # fine-tuned after zoo.compress.prune_heads: the blocks have fewer heads
     load_state_dict_into(model, sd, source=source, adapt=False)
 
 

@@ -81,7 +81,7 @@ def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None) -> t
     bias = None if size is None else size.log().to(q.dtype).transpose(1, 2)[:, None]  # B, 1, 1, N: log s per key
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                          dropout_p=attn.attn_drop if attn.training else 0.0)
-    out = attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(B, N, C)))
+    out = attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(B, N, attn.num_heads * attn.head_dim)))
     return out, k.mean(dim=1)
 
 

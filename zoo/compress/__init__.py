@@ -4,3 +4,4 @@
 """
 from .distill import DistillLoss, check_distill_config, load_teacher  # noqa: F401
 from .quantize import METHODS as QUANT_METHODS, quantize  # noqa: F401
+from .prune import head_importance, prune_heads  # noqa: F401

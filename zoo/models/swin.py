@@ -70,6 +70,7 @@ class WindowAttention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}.")
         self.num_heads = num_heads
+        self.head_dim = dim // num_heads  # kept when heads are pruned (zoo.compress.prune_heads)
         self.window_size = _pair(window_size)
         self.attn_drop = float(attn_drop)
         self._init_bias_params()
@@ -129,8 +130,8 @@ class WindowAttention(nn.Module):
     def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float | None]:
         """``[B*nW, N, C]`` -> q, k, v ``[B*nW, heads, N, head_dim]`` (q, k prepared: v2 normalises
         and scales them) and the logit scale to use (None: SDPA's default, ``head_dim ** -0.5``)."""
-        Bw, N, C = x.shape
-        qkv = self._project_qkv(x).view(Bw, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        Bw, N, _ = x.shape
+        qkv = self._project_qkv(x).view(Bw, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k, scale = self._prepare_qk(q, k)
         return q, k, v, scale
@@ -147,9 +148,10 @@ class WindowAttention(nn.Module):
                                               dropout_p=self.attn_drop if self.training else 0.0)
 
     def forward(self, x: torch.Tensor, geometry: tuple) -> torch.Tensor:
-        Bw, N, C = x.shape
+        Bw, N, _ = x.shape
         q, k, v, scale = self.qkv_heads(x)
-        x = self.attend(q, k, v, scale, geometry).transpose(1, 2).reshape(Bw, N, C)  # B*nW, N, C
+        x = self.attend(q, k, v, scale, geometry).transpose(1, 2)  # B*nW, N, heads, hd
+        x = x.reshape(Bw, N, self.num_heads * self.head_dim)  # heads * hd: fewer than C once pruned
         return self.proj_drop(self.proj(x))
 
     def attention_probs(self, q: torch.Tensor, k: torch.Tensor, scale: float | None, geometry: tuple) -> torch.Tensor:

@@ -90,7 +90,8 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3, B, heads, N, hd
         q, k, v = qkv.unbind(0)
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(B, N, C)  # B, N, heads * hd
+        # heads * hd, not C: a pruned attention (zoo.compress.prune_heads) has fewer heads than C / hd.
+        x = x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)  # B, N, heads * hd
         return self.proj_drop(self.proj(x))
 
 
@@ -162,6 +163,11 @@ class VisionTransformer(nn.Module):
         attn: the attention of every block, a key of :data:`ATTN_LAYERS`: ``"softmax"``,
             ``"linformer"`` or ``"efficient"`` (:mod:`zoo.models.vit_attn`).
         attn_kwargs: extra arguments of that attention (Linformer: ``{"k": 64}``).
+        share_layers: cross-layer weight sharing (ALBERT, arXiv 1909.11942): each run of
+            ``share_layers`` consecutive blocks is one ``Block`` object called that many times (its
+            stochastic depth is the run's first block's). Fewer parameters, same MACs. The state dict
+            keeps every block's keys (``blocks.1.*`` holds the tensors of ``blocks.0.*``), so files
+            save and load as usual; loading checks that tied keys hold equal tensors.
     """
 
     num_prefix_tokens = 1  # tokens before the patches: the class token (DeiT distilled: 2)
@@ -183,12 +189,16 @@ class VisionTransformer(nn.Module):
         drop_path_rate: float = 0.0,
         attn: str = "softmax",
         attn_kwargs: dict | None = None,
+        share_layers: int = 1,
     ):
         super().__init__()
         for name, value, lo in (("img_size", img_size, 1), ("patch_size", patch_size, 1), ("in_chans", in_chans, 1),
                                 ("num_classes", num_classes, 0), ("embed_dim", embed_dim, 1), ("depth", depth, 1),
                                 ("num_heads", num_heads, 1)):
             check_int("VisionTransformer", name, value, lo)
+        check_int("VisionTransformer", "share_layers", share_layers, 1)
+        if share_layers > depth:
+            raise ValueError(f"share_layers must be in [1, depth={depth}], got {share_layers}.")
         check_positive("VisionTransformer", "mlp_ratio", mlp_ratio)
         for name, value in (("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate), ("drop_path_rate", drop_path_rate)):
             check_rate("VisionTransformer", name, value)
@@ -213,11 +223,14 @@ class VisionTransformer(nn.Module):
         self.attn = attn
         attn_layer = attn_layer_for(attn, attn_kwargs, num_tokens)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear 0 -> rate
-        self.blocks = nn.Sequential(*[
+        blocks = [
             Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, drop=drop_rate, attn_drop=attn_drop_rate, drop_path=p,
                   attn_layer=attn_layer)
             for p in dpr
-        ])
+        ]
+        # Sharing repeats the first block of each run (all built first: share_layers=1 draws the same init).
+        self.share_layers = share_layers
+        self.blocks = nn.Sequential(*[blocks[i - i % share_layers] for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()

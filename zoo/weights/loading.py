@@ -144,6 +144,7 @@ def load_state_dict_into(
             sd[conv] = _adapt_in_chans(cw.float(), ow.shape[1]).to(cw.dtype)
             report.adapted.append(conv)
 
+    _check_tied(model, sd, source)
     missing = [k for k in own if k not in sd and k not in head]
     report.new = sorted(k for k in missing if allow_new and allow_new(k))
     missing = [k for k in missing if k not in report.new]
@@ -161,6 +162,19 @@ def load_state_dict_into(
         raise CheckpointMismatchError("\n".join(parts))
     model.load_state_dict(sd, strict=False)
     return report
+
+
+def _check_tied(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Keys the model ties to one tensor (a ViT built with ``share_layers``) must hold equal values:
+    otherwise the last one would silently win."""
+    first: dict[int, str] = {}
+    for k, v in model.state_dict(keep_vars=True).items():
+        k0 = first.setdefault(id(v), k)
+        if k0 != k and k0 in sd and k in sd and sd[k0].shape == sd[k].shape and not torch.equal(sd[k0], sd[k]):
+            raise CheckpointMismatchError(
+                f"{source}: the model ties {k} to {k0} (shared layers) but the checkpoint holds different "
+                f"values for them: it was saved from a model without that sharing (build it with the same "
+                f"share_layers).")
 
 
 @dataclass(frozen=True)
@@ -323,6 +337,9 @@ def load_file_into(
     gated = retrofit.gated_prefixes(sd)
     if gated:  # saved from a retrofitted model: rebuild its wrappers so every key has a home
         retrofit.wrap_gates(model, gated)
+    from ..compress.prune import match_heads
+
+    match_heads(model, sd)  # saved after zoo.compress.prune_heads: shrink the blocks to its head counts
     if filter_fn is not None:
         sd = filter_fn(sd, model)
     source_name = cfg.name if cfg is not None else path
