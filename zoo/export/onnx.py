@@ -5,8 +5,9 @@ for a family the TorchScript exporter (``dynamo=False``) is the fallback. Either
 graph is run in onnxruntime (CPU) and compared with the eager model in float32: at the export
 batch, at another batch, and with ``dynamic_size`` at two other input sizes. A graph whose numbers
 are wrong is deleted and the export raises, rather than leaving a file that is wrong at another
-size (the TorchScript exporter bakes Python-level size arithmetic, such as Swin's window clamp and
-padding, into constants).
+size (the TorchScript exporter bakes Python-level size arithmetic into constants). Swin's window
+clamp, padding, shift and masks are such arithmetic: with ``dynamic_size`` a copy that computes them
+in the graph is exported instead (``swin_graph.py``), so Swin follows the input size too.
 """
 from __future__ import annotations
 

@@ -56,6 +56,7 @@ KINDS = {
     "reduced": "[B, heads, N, N_r] softmax over spatially reduced keys, rows sum 1 - PVT v2",
     "linear": "[B, heads, N, N] equivalent per-query weights of ReLU linear attention, rows sum 1 - EfficientViT",
     "xca": "[B, heads, C/h, C/h] cross-covariance (channel) attention, rows sum 1 - XCiT",
+    "merged": "[B, heads, N_i, N_i] attention over the N_i tokens a merging block gets, rows sum 1 - ViT token_merge",
 }
 
 
@@ -325,7 +326,9 @@ def _installers() -> list[tuple[type, object]]:
         pass
     from .efficient_capture import installers as efficient_installers
 
-    return out + efficient_installers()
+    from .capture_export3 import installers as merge_installers
+
+    return out + efficient_installers() + merge_installers()
 
 
 @contextmanager
