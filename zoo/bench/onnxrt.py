@@ -13,6 +13,7 @@ onnxruntime for inference (interleaved rounds, medians), as in the README.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 from functools import partial
@@ -23,10 +24,27 @@ import torch.nn as nn
 
 from .twins import Impl
 
-__all__ = ["OrtModule", "ort_impl", "ORT_LIBRARY", "BF16_NOTE"]
+__all__ = ["OrtModule", "ort_impl", "held_lock", "ORT_LIBRARY", "BF16_NOTE"]
 
 ORT_LIBRARY = "onnxruntime"
 BF16_NOTE = "onnxruntime runs float32 (no bf16 kernels on its CPU provider)"
+
+
+@contextlib.contextmanager
+def held_lock(path: str | None):
+    """Hold an exclusive ``flock`` on ``path`` (None: no lock) while timing on a shared machine;
+    exports and compilation happen before it is taken."""
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class OrtModule(nn.Module):
@@ -72,10 +90,10 @@ def ort_impl(name: str, workdir: str | None = None) -> Impl:
 
 
 def compare(name: str, *, batch: int = 8, precisions=("fp32", "bf16"), repeats: int = 7, warmup: int = 2,
-            img_size: int | None = None) -> list[dict]:
+            img_size: int | None = None, lock: str | None = None) -> list[dict]:
     """Eager (zoo.accel), ``torch.compile`` (inductor) and onnxruntime for one model, inference,
     timed in interleaved rounds; one row per (precision, backend) with the median ms per batch and
-    throughput relative to eager."""
+    throughput relative to eager. The export and the compilation run before ``lock`` is taken."""
     from .. import create
     from .measure import make_step, paired_ratio, time_interleaved
     from .twins import native_img_size
@@ -85,17 +103,20 @@ def compare(name: str, *, batch: int = 8, precisions=("fp32", "bf16"), repeats: 
     eager = create(name).eval()
     compiled = torch.compile(create(name).eval())
     ort_model = ort_impl(name).factory(size)
+    steps = {p: [make_step(m, "infer", p, x) for m in (eager, compiled, ort_model)] for p in precisions}
+    for p in precisions:
+        steps[p][1]()  # compiles for this precision
     rows = []
-    for precision in precisions:
-        steps = [make_step(m, "infer", precision, x) for m in (eager, compiled, ort_model)]
-        for step in steps:
-            for _ in range(warmup):
-                step()
-        times = time_interleaved(steps, device="cpu", repeats=repeats)
-        for backend, t in zip(("eager", "torch.compile", "onnxruntime"), times):
-            rows.append(dict(model=name, precision=precision, backend=backend, batch=batch, img_size=size,
-                             ms=1e3 * statistics.median(t), vs_eager=paired_ratio(t, times[0]),
-                             note=BF16_NOTE if backend == "onnxruntime" and precision != "fp32" else ""))
+    with held_lock(lock):
+        for precision in precisions:
+            for step in steps[precision]:
+                for _ in range(warmup):
+                    step()
+            times = time_interleaved(steps[precision], device="cpu", repeats=repeats)
+            for backend, t in zip(("eager", "torch.compile", "onnxruntime"), times):
+                rows.append(dict(model=name, precision=precision, backend=backend, batch=batch, img_size=size,
+                                 ms=1e3 * statistics.median(t), vs_eager=paired_ratio(t, times[0]),
+                                 note=BF16_NOTE if backend == "onnxruntime" and precision != "fp32" else ""))
     return rows
 
 
@@ -106,11 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="fp32,bf16")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--lock", default=None, help="flock this file while timing (after export and compilation)")
     args = p.parse_args(argv)
     print("| model | precision | backend | ms / batch | throughput vs eager |\n|---|---|---|---|---|")
     for name in args.models.split(","):
         for r in compare(name, batch=args.batch, precisions=args.precision.split(","), repeats=args.repeats,
-                         img_size=args.img_size):
+                         img_size=args.img_size, lock=args.lock):
             note = f" ({r['note']})" if r["note"] else ""
             print(f"| {r['model']} | {r['precision']} | {r['backend']}{note} | {r['ms']:.1f} | {r['vs_eager']:.2f}x |",
                   flush=True)
