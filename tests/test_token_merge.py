@@ -132,3 +132,11 @@ def test_refusals():
         zoo.accel.token_merge(_vit(), -1)
     with pytest.raises(TypeError, match="VisionTransformer"):
         zoo.accel.token_merge(zoo.create("resnet18", num_classes=10), 4)
+
+
+def test_bench_tome_rows():
+    from zoo.bench.tome import throughput
+
+    rows = throughput("vit_t_16", (0, 8), batch=1, repeats=1, warmup=0)  # no time is asserted
+    assert [(r["r"], r["tokens"]) for r in rows] == [(0, 197), (8, 197 - 8 * 12)]
+    assert rows[0]["vs_r0"] == 1.0 and rows[1]["vs_r0"] > 0
