@@ -87,13 +87,56 @@ def test_identical_tokens_merge_first_and_proportional_attention_is_exact():
     torch.testing.assert_close(out[0], full[0, order], atol=1e-5, rtol=1e-5)
 
 
+def test_large_r_is_capped_at_half_the_patch_tokens():
+    # The paper's bipartite matching merges at most half the tokens a block gets (only set A merges
+    # away): a larger r is capped per block, so r=1000 halves the patch tokens each block.
+    assert merged_token_counts(65, [1000] * 4) == [33, 17, 9, 5]
+    assert merged_token_counts(65, [20] * 4) == [45, 25, 13, 7]  # 64 -> 44 -> 24 -> 12 (cap) -> 6
+    model = zoo.accel.token_merge(_vit(), 1000)
+    with torch.no_grad(), zoo.capture_attention(model) as maps:
+        y = model(torch.randn(2, 3, 64, 64))
+        small = model(torch.randn(1, 3, 16, 16))  # 4 patches: 4 -> 2 -> 1 -> 1 -> 1, never fewer than one
+    assert y.shape == (2, 10) and small.shape == (1, 10) and torch.isfinite(small).all()
+    assert [m.shape[-1] for m in maps.of_kind("merged").values()] == [5, 3, 2, 2]  # the 16 px forward
+    with pytest.raises(ValueError, match="fewer than one would remain"):
+        merged_token_counts(1, [4, 4])  # only the class token: nothing to keep
+
+
+@pytest.mark.parametrize("name, prefix", [("vit_t_16", 1), ("deit_t_16_distilled", 2)])
+def test_capture_attention_on_a_merged_model(name, prefix):
+    torch.manual_seed(0)
+    model = zoo.create(name, **VIT).eval()
+    rs = [6, 0, 30, 3]  # per block; 30 is capped at half of block 2's patch tokens
+    zoo.accel.token_merge(model, rs)
+    n0 = 64 + prefix
+    with torch.no_grad(), zoo.capture_attention(model) as maps:
+        y = model(torch.randn(2, 3, 64, 64))
+    merged = maps.of_kind("merged")
+    assert list(merged) == [f"blocks.{i}" for i in range(4)]
+    expected = [n0] + merged_token_counts(n0, rs, prefix)[:-1]  # tokens each block receives
+    assert [m.shape[-1] for m in merged.values()] == expected == [n0, n0 - 6, n0 - 6, n0 - 6 - 29]
+    for key, probs in merged.items():
+        assert probs.shape[:2] == (2, model.blocks[0].attn.num_heads)
+        torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
+        sizes = maps.meta[key]["sizes"]  # B, N_i
+        assert torch.equal(sizes[:, :prefix], torch.ones(2, prefix))  # class / distillation never merged
+        assert torch.equal(sizes.sum(1), torch.full((2,), float(n0)))  # every patch is in some token
+    assert sizes.max() > 1  # some merging did happen by the last block
+    assert "rollout" not in maps and y.shape == (2, 10)  # merged tokens sit on no grid: no rollout
+
+
 def test_refusals():
-    with pytest.raises(ValueError, match="at least one patch token remains"):
-        zoo.accel.token_merge(_vit(), 20)  # 64 -> 44 -> 24 -> 4 -> < 1
     with pytest.raises(ValueError, match="one per block"):
         zoo.accel.token_merge(_vit(), [1, 2])
+    with pytest.raises(ValueError, match="non-negative"):
+        zoo.accel.token_merge(_vit(), -1)
     with pytest.raises(TypeError, match="VisionTransformer"):
         zoo.accel.token_merge(zoo.create("resnet18", num_classes=10), 4)
-    model = zoo.accel.token_merge(_vit(), 8)  # fine at 64 px; a smaller input is checked in forward
-    with pytest.raises(ValueError, match="lower r"):
-        model(torch.randn(1, 3, 32, 32))
+
+
+def test_bench_tome_rows():
+    from zoo.bench.tome import throughput
+
+    rows = throughput("vit_t_16", (0, 8), batch=1, repeats=1, warmup=0)  # no time is asserted
+    assert [(r["r"], r["tokens"]) for r in rows] == [(0, 197), (8, 197 - 8 * 12)]
+    assert rows[0]["vs_r0"] == 1.0 and rows[1]["vs_r0"] > 0

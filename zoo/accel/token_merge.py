@@ -11,7 +11,10 @@ attention and the MLP, so block ``i`` passes on ``N - r * i`` tokens. Written fr
   conserved;
 * **proportional attention**: ``log s`` is added to the attention logits of every key, so a merged
   token gets the attention its patches would have together;
-* the prefix tokens (class, and distillation for DeiT) are never merged.
+* the prefix tokens (class, and distillation for DeiT) are never merged;
+* a block merges at most half of its patch tokens (each B token can take any number of A tokens, but
+  only A tokens are merged away, and A is half the tokens): a larger ``r`` is capped there, as in the
+  paper, so a large ``r`` ends in a few tokens rather than an error.
 
 Applied from outside like the other ``zoo.accel`` techniques (``vit.py`` stays plain): the model's
 ``blocks`` Sequential and its blocks change class to subclasses that add a merging forward; no
@@ -40,19 +43,18 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, keys: torch.Tensor, r: 
         x: tokens ``[B, N, C]``, the ``prefix`` first ones (class / distillation) never merged.
         size: ``[B, N, 1]`` patches each token stands for.
         keys: ``[B, N, D]`` the similarity features (attention keys, mean over heads).
-        r: pairs to merge, at most the size of set A (``ceil((N - prefix) / 2)``).
+        r: pairs to merge; capped, as the paper's bipartite matching requires, at half the patch
+            tokens (``(N - prefix) // 2``), so at least half of them always remain.
         prefix: leading tokens kept as they are.
 
     Returns:
-        ``(x, size)`` of ``N - r`` tokens: ``[B, N - r, C]``, ``[B, N - r, 1]``; the prefix first, then
-        the unmerged A tokens, then the B tokens (merged ones included), each in original order.
+        ``(x, size)`` of ``N - r`` tokens (``r`` after the cap): ``[B, N - r, C]``, ``[B, N - r, 1]``; the
+        prefix first, then the unmerged A tokens, then the B tokens (merged ones included), each in
+        original order.
     """
+    r = min(r, (x.shape[1] - prefix) // 2)
     if r <= 0:
         return x, size
-    n_a = (x.shape[1] - prefix + 1) // 2
-    if r > n_a:
-        raise ValueError(f"token merging r={r} is more than the {n_a} tokens of set A ({x.shape[1] - prefix} "
-                         f"patch tokens): lower r so that at least one patch token remains after each block.")
     k = F.normalize(keys[:, prefix:].float(), dim=-1)
     scores = k[:, ::2] @ k[:, 1::2].transpose(1, 2)  # B, Na, Nb: cosine of every A token to every B token
     best, match = scores.max(dim=-1)  # B, Na: each A token's most similar B token
@@ -86,10 +88,16 @@ def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None) -> t
 
 
 class MergingBlock(Block):
-    """A ViT block that merges ``tome_r`` tokens between attention and the MLP (``merge_forward``);
-    its plain ``forward`` is unchanged."""
+    """A ViT block that merges ``tome_r`` tokens between attention and the MLP.
+
+    ``forward(x)`` is the plain block; ``forward(x, size, prefix)`` (what :class:`MergingBlocks` calls,
+    so module hooks see the token sizes) is :meth:`merge_forward`.
+    """
 
     tome_r: int = 0
+
+    def forward(self, x: torch.Tensor, size: torch.Tensor | None = None, prefix: int | None = None):
+        return Block.forward(self, x) if prefix is None else self.merge_forward(x, size, prefix)
 
     def merge_forward(self, x: torch.Tensor, size: torch.Tensor | None, prefix: int):
         """``[B, N, C]``, sizes ``[B, N, 1]`` or None (all ones) -> ``[B, N - r, C]``, ``[B, N - r, 1]``."""
@@ -112,20 +120,20 @@ class MergingBlocks(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = None
         for blk in self:
-            x, size = blk.merge_forward(x, size, self.tome_prefix)
+            x, size = blk(x, size, self.tome_prefix)
         return x
 
 
 def merged_token_counts(n_tokens: int, r: Sequence[int], prefix: int = 1) -> list[int]:
-    """Tokens after each block for ``n_tokens`` in (prefix included); raises ``ValueError`` where a
-    block's ``r`` exceeds its set A (fewer than one patch token would remain)."""
+    """Tokens after each block for ``n_tokens`` in (prefix included), each block's ``r`` capped at
+    half its patch tokens; raises ``ValueError`` only where fewer than one patch token would remain
+    (an input with no patch token: the cap keeps at least one of any other count)."""
     counts, n = [], n_tokens
     for i, ri in enumerate(r):
-        n_a = (n - prefix + 1) // 2
-        if ri > n_a or n - ri - prefix < 1:
-            raise ValueError(f"token merging r={ri} at block {i} needs at most {n_a} (set A of its {n - prefix} "
-                             f"patch tokens) so that at least one patch token remains; lower r.")
-        n -= ri
+        if n - prefix < 1:
+            raise ValueError(f"token merging at block {i}: {n - prefix} patch tokens in, fewer than one would "
+                             f"remain; the input needs at least one patch beyond the {prefix} prefix token(s).")
+        n -= min(ri, (n - prefix) // 2)
         counts.append(n)
     return counts
 
@@ -136,13 +144,13 @@ def token_merge(model: nn.Module, r: int | Sequence[int] = 13) -> nn.Module:
     Args:
         model: a :class:`zoo.models.vit.VisionTransformer` (DeiT and distilled DeiT included: their
             ``num_prefix_tokens`` leading tokens are never merged).
-        r: tokens merged in every block, or a list with one ``r`` per block. ``0`` everywhere gives the
-            plain model back (exactly).
+        r: tokens merged in every block, or a list with one ``r`` per block; each block merges at most
+            half its patch tokens (a larger ``r`` is capped there). ``0`` everywhere gives the plain
+            model back (exactly).
 
     Raises:
         TypeError: not a zoo ViT.
-        ValueError: a negative ``r``, a list of the wrong length, or an ``r`` that would leave fewer than
-            one patch token at the model's ``img_size`` (other input sizes are checked in forward).
+        ValueError: a negative ``r`` or a list of the wrong length.
     """
     if not isinstance(model, VisionTransformer):
         raise TypeError(f"token_merge works on zoo ViT / DeiT models (VisionTransformer), got {type(model).__name__}.")

@@ -10,6 +10,7 @@ import sys
 import torch
 
 from .harness import cases_from_registry, run_bench
+from .onnxrt import ort_impl
 from .measure import machine_info, matmul_ceiling_gflops
 from .report import markdown_report, write_outputs
 
@@ -34,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", type=_csv({"fp32", "bf16"}), default=["fp32"])
     p.add_argument("--mode", type=_csv({"infer", "train"}), default=["infer"])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--backend", choices=["eager", "onnxruntime"], default="eager",
+                   help="onnxruntime: also run each zoo model's exported ONNX graph (zoo.export.onnx) in "
+                        "onnxruntime's CPU provider, threads as torch's; inference only, float32")
     p.add_argument("--compile", action="store_true", help="torch.compile every model (inductor)")
     p.add_argument("--freeze", action="store_true",
                    help="--compile with inductor freezing for inference (weights as constants; CPU inference advice)")
@@ -54,6 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cases = cases_from_registry(args.models, fast=not args.no_fast, compare_plain=args.compare_plain)
+    if args.backend == "onnxruntime":
+        if "train" in args.mode or args.device != "cpu":
+            raise SystemExit("--backend onnxruntime times CPU inference only: use --mode infer --device cpu.")
+        for c in cases:
+            c.twins.append(ort_impl(c.name))
     if args.list:
         for c in cases:
             print(f"{c.name} ({c.img_size}px): {', '.join(t.name for t in c.twins) or 'no twin'}")

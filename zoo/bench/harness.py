@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from ..flops import count_macs
 from ..registry import list_models
+from .onnxrt import BF16_NOTE, ORT_LIBRARY, OrtModule
 from .measure import make_step, matmul_ceiling_gflops, paired_ratio, peak_step_memory_mb, time_interleaved
 from .twins import PLAIN_LIBRARY, Impl, native_img_size, twins_for, zoo_impl, zoo_plain_impl
 
@@ -124,7 +125,7 @@ def run_bench(
     for case in cases:
         size = img_size or case.img_size
         impls, models, notes = _build(case, size, dev, channels_last, compile, log)
-        macs = {i.name: count_macs(m, torch.zeros(1, in_chans, size, size, device=dev))
+        macs = {i.name: count_macs(getattr(m, "flop_model", None) or m, torch.zeros(1, in_chans, size, size, device=dev))
                 for i, m in zip(impls, models[0])}
         params = {i.name: _params(m) for i, m in zip(impls, models[0])}
         x = torch.randn(batch, in_chans, size, size, device=dev)
@@ -143,7 +144,7 @@ def run_bench(
                 flops_per_img = {"infer": 2, "train": 6}[mode]
                 med = [statistics.median(t) for t in times]
                 # The zoo row is compared with the fastest other library, never with its own plain form.
-                others = [j for j in range(1, len(impls)) if impls[j].library != PLAIN_LIBRARY]
+                others = [j for j in range(1, len(impls)) if impls[j].library not in (PLAIN_LIBRARY, ORT_LIBRARY)]
                 fastest = max(others, key=lambda j: batch / med[j], default=None)
                 for j, impl in enumerate(impls):
                     img_s = batch / med[j]
@@ -161,7 +162,8 @@ def run_bench(
                         "img_s": img_s, "ms_per_batch": med[j] * 1e3, "mem_mb": mem[j],
                         "gflop_s": gflop_s, "ceiling_gflop_s": ceilings[precision],
                         "frac_of_ceiling": gflop_s / ceilings[precision], "ratio": ratio, "vs": vs,
-                        "note": notes[j], "repeats": repeats,
+                        "note": BF16_NOTE if impl.library == ORT_LIBRARY and precision != "fp32" else notes[j],
+                        "repeats": repeats,
                     })
         del models, steps
         gc.collect()
@@ -200,5 +202,5 @@ def _build(case: BenchCase, size: int, dev: torch.device, channels_last: bool, c
     if channels_last:
         run = [m.to(memory_format=torch.channels_last) for m in run]
     if compile:
-        run = [torch.compile(m) for m in run]
+        run = [m if isinstance(m, OrtModule) else torch.compile(m) for m in run]  # onnxruntime: its own graph
     return impls, (eager, run), notes

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrained", default=None, help="weight tag from the catalog (default: random init)")
     p.add_argument("--img-size", type=int, default=None, help="export input size (default: the model's)")
     p.add_argument("--batch", type=int, default=2, help="export example batch (the batch stays dynamic)")
-    p.add_argument("--dynamic-size", action="store_true", help="keep H and W symbolic (ViT; refused where "
+    p.add_argument("--dynamic-size", action="store_true", help="keep H and W symbolic (CNNs, ViT, Swin; refused where "
                    "the graph cannot follow the size)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
     p.add_argument("--opset", type=int, default=None)

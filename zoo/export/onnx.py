@@ -5,12 +5,14 @@ for a family the TorchScript exporter (``dynamo=False``) is the fallback. Either
 graph is run in onnxruntime (CPU) and compared with the eager model in float32: at the export
 batch, at another batch, and with ``dynamic_size`` at two other input sizes. A graph whose numbers
 are wrong is deleted and the export raises, rather than leaving a file that is wrong at another
-size (the TorchScript exporter bakes Python-level size arithmetic, such as Swin's window clamp and
-padding, into constants).
+size (the TorchScript exporter bakes Python-level size arithmetic into constants). Swin's window
+clamp, padding, shift and masks are such arithmetic: with ``dynamic_size`` a copy that computes them
+in the graph is exported instead (``swin_graph.py``), so Swin follows the input size too.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import warnings
@@ -20,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from ._common import example_input, plain_copy
+from .swin_graph import graph_geometry
 
 __all__ = ["export_onnx", "check_onnx", "TOLERANCE"]
 
@@ -131,10 +134,13 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
     if dynamic_size and getattr(plain, "feature_info", None):  # the model's own total downsampling
         stride = max(f["reduction"] for f in plain.feature_info)
     inputs = _check_inputs(x, dynamic_batch, dynamic_size, stride)
+    # Swin's window geometry is Python arithmetic on the size: with dynamic_size a copy computing it
+    # in the graph is exported (zoo.export.swin_graph), and checked against the eager model.
+    graph = graph_geometry(copy.deepcopy(plain)) if dynamic_size else plain
     failures, fixed_ok = [], False
     for dynamo in (True, False):
         try:
-            _export(plain, x, path, dynamic_batch, dynamic_size, opset, dynamo)
+            _export(graph, x, path, dynamic_batch, dynamic_size, opset, dynamo)
         except Exception as e:  # noqa: BLE001 - the next exporter may manage; all reasons are reported
             failures.append(f"dynamo={dynamo}: export failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
             continue

@@ -72,6 +72,7 @@ KINDS = {
     "keys": "[B, K, H, W] content-lambda keys, softmax over positions (each K sums 1) - lambda",
     "halo": "[B, heads, blocks, queries per block, win*win] blocked local attention, rows sum 1 - halo",
     "bilinear": "[B, groups, 2, bs, bs] BAT row transform p and column transform q^T, rows sum 1 - bat",
+    "merged": "[B, heads, N_i, N_i] attention over the N_i tokens a merging block gets, rows sum 1 - ViT token_merge",
 }
 
 
@@ -346,10 +347,11 @@ def _installers() -> list[tuple[type, object]]:
     from .capture_twins import installers as twins_installers  # sk, splat, lambda, halo, bat
 
     out += twins_installers()
-    from .efficient_capture import installers as efficient_installers
+    from .capture_export3 import installers as merge_installers
     from .capture_gates2 import installers as gates2_installers
+    from .efficient_capture import installers as efficient_installers
 
-    return out + efficient_installers() + gates2_installers()
+    return out + efficient_installers() + gates2_installers() + merge_installers()
 
 
 @contextmanager
