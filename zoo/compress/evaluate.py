@@ -129,20 +129,28 @@ def compare(model: nn.Module, cfg, datamodule, float_metrics: dict, float_pred: 
     if device != "cpu":
         raise ValueError(f"compress= runs on the CPU (int8 kernels are CPU kernels); got device={device!r}.")
     batches = calibration_batches(datamodule, int(cfg.calib_batches), int(cfg.calib_batch_size))
-    small = compress(model, method, batches=batches, prune_ratio=cfg.get("prune_ratio"))
-    pred = predict(_StaysPut(small), datamodule.val_dataloader(), device="cpu")
+    small = saved = compress(model, method, batches=batches, prune_ratio=cfg.get("prune_ratio"))
+    compiled = bool(cfg.get("compile")) and method == "int8-static"
+    x = next(iter(datamodule.val_dataloader()))["image"]
+    # Compiling: inductor's freezing folds the int8 weights into oneDNN kernels; it must be on for every
+    # (re)compilation (each batch size is its own static graph), hence for the whole evaluation.
+    with torch._inductor.config.patch(freezing=compiled):
+        if compiled:  # int8 oneDNN kernels instead of reference numerics
+            small = torch.compile(small, dynamic=False)
+            with torch.inference_mode():
+                small(x)  # compiles now, outside the timed rounds
+        pred = predict(_StaysPut(small), datamodule.val_dataloader(), device="cpu")
+        speed = speed_ratio(model, small, x, rounds=int(cfg.speed_rounds))
     top1 = float((pred["probs"].argmax(1) == pred["target"]).mean())
     agree = float((pred["probs"].argmax(1) == float_pred["probs"].argmax(1)).mean())
-    x = next(iter(datamodule.val_dataloader()))["image"]
-    speed = speed_ratio(model, small, x, rounds=int(cfg.speed_rounds))
     # quantisation keeps every weight (a static graph holds them as constants, not parameters)
     params = _params(model) if method in QUANT_METHODS else _params(small)
     out = {"method": method, "prune_ratio": cfg.get("prune_ratio") if method == "prune" else None,
            "top1": top1, "top1_float": float_metrics["top1"], "top1_change": top1 - float_metrics["top1"],
            "top1_agreement": agree, "params": params, "params_float": _params(model),
-           "disk_bytes": _disk_bytes(small), "disk_bytes_float": _disk_bytes(model),
+           "disk_bytes": _disk_bytes(saved), "disk_bytes_float": _disk_bytes(model),
            "speed_batch": len(x), **speed}
-    name = method + (f" {out['prune_ratio']:g}" if method == "prune" else "")
+    name = method + (f" {out['prune_ratio']:g}" if method == "prune" else "") + (" compiled" if compiled else "")
     mb = 1 / 2**20
     print(f"{name}: top-1 {top1:.4f} ({out['top1_change']:+.4f} vs float {out['top1_float']:.4f}), "
           f"agrees with float on {agree:.1%}\n"
