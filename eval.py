@@ -1,5 +1,7 @@
 """Evaluate a checkpoint on an ImageFolder split: top-1, top-5, per-class accuracy, confusion matrix PNG,
-predictions CSV, and with ``viz.num_images=N`` zoo.viz pictures of the first N images.
+predictions CSV, and with ``viz.num_images=N`` zoo.viz pictures of the first N images; with
+``compress=int8-dynamic|int8-weight|int8-static|prune`` (or ``compress.prune_ratio=0.5``) also the
+compressed model's top-1, size and speed against the float model (:mod:`zoo.compress.evaluate`).
 
 ``python eval.py ckpt_path=<run>/checkpoints/last.ckpt [viz.num_images=4]`` or
 ``python eval.py model=<name> pretrained=<path> data=<digits|cluttered_digits|imagefolder>``.
@@ -14,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import zoo
 from zoo.checkpoint import load_checkpoint
+from zoo.compress.evaluate import compare, resolve_method
 from zoo.train import register_model_configs
 from zoo.train.evaluate import predict, write_report, write_viz
 from zoo.train.utils import EVAL_NUMBERS, check_numbers, refuse_reinitialized_head
@@ -24,6 +27,7 @@ register_model_configs()
 def evaluate(cfg: DictConfig) -> dict:
     """Run the evaluation described by ``cfg``; returns the metrics (also in metrics.json)."""
     check_numbers(cfg, EVAL_NUMBERS, "configs/eval.yaml")
+    compress = resolve_method(cfg.compress) if cfg.get("compress") else None  # a bad method fails before any work
     meta = None
     if cfg.ckpt_path:
         model, meta = load_checkpoint(cfg.ckpt_path, use_ema=cfg.use_ema)
@@ -52,6 +56,8 @@ def evaluate(cfg: DictConfig) -> dict:
           + (f", listed in {metrics['skipped_list']})" if metrics.get("skipped_list") else ")"))
     print(f"metrics:          {out / 'metrics.json'}\npredictions:      {out / 'predictions.csv'}\n"
           f"confusion matrix: {out / 'confusion_matrix.png'}")
+    if compress:  # the same split again, compressed: top-1, size and speed against the float model
+        metrics["compress"] = compare(model, cfg.compress, datamodule, metrics, pred, device=cfg.device, out_dir=out)
     dc = datamodule.data_config
     index = write_viz(model, datamodule.val_set, cfg.viz.num_images, out / "viz", mean=dc["mean"], std=dc["std"],
                       cams=cfg.viz.cams, per_layer=cfg.viz.per_layer, class_names=datamodule.classes)
