@@ -40,7 +40,7 @@ class RetrofitError(ValueError):
 # Gates that multiply the map (sigmoid, tanh or energy): wrapped in ResidualGate to start as the identity.
 # Coordinate Attention multiplies by two sigmoid gates (coord_mobilenet_v2 from torchvision's weights).
 POLICY.update(dict.fromkeys(("coord", "ese", "ge", "ceca", "fca", "srm", "simam", "triplet", "bam", "sge",
-                             "shuffle", "scse", "lka"), "gate"))
+                             "shuffle", "scse", "lka", "bat"), "gate"))
 POLICY["gct"] = "identity"  # 1 + tanh(gamma * x + beta) with gamma = beta = 0 at init: already the identity
 for _name in ("sk", "splat", "lambda", "halo"):
     _REFUSED[_name] = (f"'{_name}' replaces 3x3 convolutions of the bottleneck, so the backbone's 3x3 weights "
