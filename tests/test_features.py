@@ -276,6 +276,8 @@ FAMILY_REPS = {
     "ese_resnet18": {}, "ge_resnet18": {}, "ceca_resnet18": {}, "fca_resnet18": {}, "gct_resnet18": {}, "srm_resnet18": {}, "simam_resnet18": {},
     "a2_resnet18": {}, "ea_resnet18": {}, "cc_resnet18": {}, "danet_resnet18": {}, "psa_resnet18": {}, "aa_resnet18": {},
     "bat_resnet18": {}, "skresnet18": {}, "resnest14d": {},
+    "triplet_resnet18": {}, "coord_resnet18": {}, "bam_resnet18": {}, "sge_resnet50": {}, "shuffle_resnet18": {},
+    "scse_resnet18": {}, "lka_resnet18": {},
     "pvt_v2_b0": dict(depths=(1, 1, 1, 1)), "efficientvit_b0": {}, "xcit_t12_16": dict(depth=3),
     "cbam_mobilenet_v2": {},
 }
