@@ -387,7 +387,7 @@ def test_retrofit_from_catalog_tag(local_catalog):
 @pytest.mark.parametrize("attn", sorted(retrofit._REFUSED))
 def test_conv_replacing_blocks_cannot_be_retrofitted(attn, plain_resnet18):
     _, path = plain_resnet18
-    with pytest.raises(retrofit.RetrofitError, match=r"replaces (the |every )?3x3 convolutions"):
+    with pytest.raises(retrofit.RetrofitError, match=r"replaces (the |every )?3x3 convolution"):
         zoo.create(f"{attn}_resnet18", pretrained=str(path))
 
 
