@@ -330,9 +330,7 @@ def test_every_resnet_attention_variant_has_a_retrofit_decision():
 def _retrofittable():
     from zoo.models.resnet import ATTN_VARIANTS
 
-    # simam has no parameters: a checkpoint of it is indistinguishable from the backbone's, so its reload
-    # retrofits again (harmlessly); the strict reload below does not apply to it.
-    return [a for a in ATTN_VARIANTS if a in retrofit.POLICY and a != "simam"]
+    return [a for a in ATTN_VARIANTS if a in retrofit.POLICY]
 
 
 @pytest.mark.parametrize("attn", _retrofittable())

@@ -152,7 +152,7 @@ def load_weights_into(model: nn.Module, sd: dict[str, torch.Tensor], source: str
     from .weights import retrofit
     from .weights.loading import load_state_dict_into
 
-    gated = retrofit.gated_prefixes(sd)
+    gated = retrofit.gated_prefixes(sd, model)
     if gated:  # trained from a plain backbone: the attention blocks sit in ResidualGate wrappers
         retrofit.wrap_gates(model, gated)
     match_heads(model, sd)  # fine-tuned after zoo.compress.prune_heads: the blocks have fewer heads

@@ -334,7 +334,7 @@ def load_file_into(
 
     path = os.fspath(path)
     sd = read_state_dict(path)
-    gated = retrofit.gated_prefixes(sd)
+    gated = retrofit.gated_prefixes(sd, model)
     if gated:  # saved from a retrofitted model: rebuild its wrappers so every key has a home
         retrofit.wrap_gates(model, gated)
     from ..compress.prune import match_heads

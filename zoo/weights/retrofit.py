@@ -98,9 +98,16 @@ def wrap_gates(model: nn.Module, names) -> list[str]:
     return done
 
 
-def gated_prefixes(state_dict: dict[str, torch.Tensor]) -> list[str]:
-    """Module names saved from a retrofitted model: ``X.gamma`` next to ``X.block.*`` keys."""
+def gated_prefixes(state_dict: dict[str, torch.Tensor], model: nn.Module | None = None) -> list[str]:
+    """Module names saved from a retrofitted model: ``X.gamma`` next to ``X.block.*`` keys.
+
+    A parameter-free block (simam) leaves no ``X.block.*`` key, only ``X.gamma``: with ``model`` given,
+    ``X.gamma`` also counts when ``X`` is one of its attention blocks that has no ``gamma`` of its own.
+    """
     blocks = {m.group(1) for k in state_dict if (m := re.match(r"(.+)\.block\.", k))}
+    if model is not None:
+        own = model.state_dict().keys()
+        blocks |= {name for name in attention_modules(model) if f"{name}.gamma" not in own}
     return sorted(k[: -len(".gamma")] for k in state_dict if k.endswith(".gamma") and k[: -len(".gamma")] in blocks)
 
 
