@@ -6,8 +6,6 @@ import json
 import pytest
 from conftest import SHRINK, compose
 
-import zoo.compress
-
 pytest.importorskip("torchao")
 
 TINY_VIT = ["model=vit_t_16", "+model.kwargs.patch_size=8", "+model.kwargs.depth=2"]
@@ -64,8 +62,17 @@ def test_bad_compress_settings_fail_before_any_work(tmp_path):
         eval_script.evaluate(compose("eval", ["ckpt_path=/nonexistent.ckpt", "compress.method=int4"], tmp_path))
 
 
-@pytest.mark.skipif(not hasattr(zoo.compress, "prune_heads"), reason="zoo.compress.prune_heads not merged yet (helper 'prune')")
 def test_eval_prune_reports_fewer_parameters(ckpt, tmp_path):
     c = _eval(ckpt, tmp_path, "compress.prune_ratio=0.5")["compress"]
     assert c["method"] == "prune" and c["prune_ratio"] == 0.5
     assert c["params"] < c["params_float"] and c["disk_bytes"] < c["disk_bytes_float"]
+
+
+@pytest.mark.slow  # inductor compiles one graph per batch size (~1 min on 2 cores)
+def test_eval_int8_static_compiled_runs_the_quantised_graph(ckpt, tmp_path, capsys):
+    eager = _eval(ckpt, tmp_path, "compress=int8-static")["compress"]
+    c = _eval(ckpt, tmp_path, "compress=int8-static", "compress.compile=true")["compress"]
+    assert "int8-static compiled: top-1" in capsys.readouterr().out
+    # the oneDNN int8 kernels compute what the reference (eager) numerics do, up to rounding
+    assert abs(c["top1"] - eager["top1"]) <= 0.02 and c["top1_agreement"] >= 0.8
+    assert c["disk_bytes"] == eager["disk_bytes"] and c["speedup"] > 0
