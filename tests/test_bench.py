@@ -199,3 +199,11 @@ def test_compare_plain_times_the_plain_zoo_model_beside_the_fast_one():
     by = {r["library"]: r for r in rows}
     assert by["zoo"]["vs"] in ("torchvision:resnet18", "timm:resnet18") and by["zoo-plain"]["vs"] == "zoo:resnet18"
     assert by["zoo-plain"]["ratio"] > 0
+
+
+def test_table_cli_pattern_and_exclude(capsys):
+    from zoo.bench.table import main
+
+    assert main(["--pattern", "se_resnet*,resnet18", "--exclude", "*_resnet1*"]) == 0
+    listed = [line.split("`")[1] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert listed == ["resnet18", "se_resnet34", "se_resnet50"]

@@ -1,6 +1,6 @@
 """The README model table: every registered model with params, MACs, and bench numbers if given.
 
-``python -m zoo.bench.table [--bench-csv bench_results/bench.csv ...] [--readme README.md]``
+``python -m zoo.bench.table [--pattern P] [--exclude P] [--bench-csv bench_results/bench.csv ...] [--readme README.md]``
 prints the table, or rewrites the README region between the two marker comments.
 
 Models are built on the ``meta`` device (no memory, no init), so counting all of them is quick;
@@ -122,10 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m zoo.bench.table", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pattern", default="*", help="fnmatch pattern(s) of models to list")
+    p.add_argument("--exclude", default="", help="fnmatch pattern(s) of models to leave out (comma-separated)")
     p.add_argument("--bench-csv", nargs="*", default=[], help="bench CSVs for the img/s and ratio columns")
     p.add_argument("--readme", default=None, help="rewrite this file's models-table region")
     args = p.parse_args(argv)
-    table = build_table(list_models(args.pattern), bench=bench_lookup(args.bench_csv))
+    left_out = set(list_models(args.exclude)) if args.exclude.strip() else set()
+    names = [n for n in list_models(args.pattern) if n not in left_out]
+    table = build_table(names, bench=bench_lookup(args.bench_csv))
     if args.readme:
         rewrite_readme(args.readme, table)
         print(f"rewrote the models table in {args.readme}", file=sys.stderr)
