@@ -84,6 +84,14 @@ def check_int(owner: str, name: str, value, minimum: int = 1) -> None:
         raise ValueError(f"{owner}: {name} must be {what} >= {minimum}, got {value!r}.")
 
 
+def check_odd(owner: str, name: str, value, minimum: int = 1) -> None:
+    """``check_int``, then raise ``ValueError`` unless every kernel size in ``value`` is odd
+    ("same" padding of ``k // 2`` only keeps a map centred for an odd ``k``)."""
+    check_int(owner, name, value, minimum)
+    if any(v % 2 != 1 for v in _ints(value)):
+        raise ValueError(f"{owner}: {name} must be odd, got {value!r}.")
+
+
 def check_rate(owner: str, name: str, value) -> None:
     """Raise ``ValueError`` unless ``value`` is a probability in [0, 1) (dropout, stochastic depth)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:

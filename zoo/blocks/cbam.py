@@ -10,10 +10,10 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from ..layers import check_int, reduced_channels
+from ..layers import check_int, check_odd, reduced_channels
 from ..registry import register_block
 
-__all__ = ["ChannelAttn", "SpatialAttn", "Cbam"]
+__all__ = ["ChannelAttn", "PooledConvGate", "SpatialAttn", "Cbam"]
 
 
 class ChannelAttn(nn.Module):
@@ -57,20 +57,19 @@ class ChannelAttn(nn.Module):
         return x * self.gate(x)
 
 
-class SpatialAttn(nn.Module):
-    """CBAM's spatial attention: a k x k conv over [mean, max] across channels gates each position.
+class PooledConvGate(nn.Module):
+    """A k x k conv from a 2-channel pooled stack to one map -> norm -> gate.
 
-    The pooled maps are stacked (mean, max) as timm's ``CbamModule`` does. The official CBAM code
-    (Jongchan/attention-module, ``ChannelPool``) stacks (max, mean): a converter of the official
-    checkpoint must swap the two input channels of ``conv.weight`` (``w.flip(1)``). Its BN also
-    uses momentum 0.01 rather than PyTorch's 0.1 (pass ``norm_layer`` to match when fine-tuning).
+    The end of CBAM's spatial attention and of each of triplet attention's three branches
+    (:class:`~zoo.blocks.triplet.ZPoolGate`); the subclasses differ only in what they pool and how
+    they stack it. Error messages name the subclass.
 
     Args:
-        kernel_size: conv kernel size (odd; the paper's 7).
+        kernel_size: conv kernel size (odd; the papers' 7).
         norm_layer: norm after the conv (``BatchNorm2d(1)`` by default); ``None`` gives a conv with bias.
         gate_layer: the gating non-linearity.
 
-    Shapes: ``[B, C, H, W]`` in, same out.
+    Shapes: ``pooled_gate``: ``[B, 2, P, Q]`` -> ``[B, 1, P, Q]``.
     """
 
     def __init__(
@@ -81,17 +80,33 @@ class SpatialAttn(nn.Module):
         gate_layer: Callable[..., nn.Module] = nn.Sigmoid,
     ):
         super().__init__()
-        check_int("SpatialAttn", "kernel_size", kernel_size)
-        if kernel_size % 2 != 1:  # an even kernel would shift the gate by half a pixel
-            raise ValueError(f"SpatialAttn: kernel_size must be odd, got {kernel_size!r}.")
+        check_odd(type(self).__name__, "kernel_size", kernel_size)  # an even kernel shifts the gate by half a pixel
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=norm_layer is None)
         self.bn = norm_layer(1) if norm_layer is not None else nn.Identity()
         self.gate_act = gate_layer()
 
+    def pooled_gate(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``pooled``: ``[B, 2, P, Q]`` -> gate ``[B, 1, P, Q]``."""
+        return self.gate_act(self.bn(self.conv(pooled)))
+
+
+class SpatialAttn(PooledConvGate):
+    """CBAM's spatial attention: a k x k conv over [mean, max] across channels gates each position.
+
+    The pooled maps are stacked (mean, max) as timm's ``CbamModule`` does. The official CBAM code
+    (Jongchan/attention-module, ``ChannelPool``) stacks (max, mean): a converter of the official
+    checkpoint must swap the two input channels of ``conv.weight`` (``w.flip(1)``). Its BN also
+    uses momentum 0.01 rather than PyTorch's 0.1 (pass ``norm_layer`` to match when fine-tuning).
+
+    Args: ``kernel_size``, ``norm_layer``, ``gate_layer`` as :class:`PooledConvGate`.
+
+    Shapes: ``[B, C, H, W]`` in, same out.
+    """
+
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """Per-position gate. ``x``: ``[B, C, H, W]`` -> ``[B, 1, H, W]``."""
         pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)  # B, 2, H, W
-        return self.gate_act(self.bn(self.conv(pooled)))
+        return self.pooled_gate(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gate(x)

@@ -11,16 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..layers import check_int
+from ..layers import check_int, check_odd
 from ..registry import register_block
 
 __all__ = ["LargeKernelAttention"]
-
-
-def _odd(owner: str, name: str, value: int) -> None:
-    check_int(owner, name, value)
-    if value % 2 != 1:  # "same" padding needs an odd kernel
-        raise ValueError(f"{owner}: {name} must be odd, got {value!r}.")
 
 
 @register_block("lka")
@@ -51,8 +45,8 @@ class LargeKernelAttention(nn.Module):
     ):
         super().__init__()
         check_int("LargeKernelAttention", "channels", channels)
-        _odd("LargeKernelAttention", "kernel_size", kernel_size)
-        _odd("LargeKernelAttention", "dilated_kernel_size", dilated_kernel_size)
+        check_odd("LargeKernelAttention", "kernel_size", kernel_size)
+        check_odd("LargeKernelAttention", "dilated_kernel_size", dilated_kernel_size)
         check_int("LargeKernelAttention", "dilation", dilation)
         self.conv0 = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=bias)
         self.conv_spatial = nn.Conv2d(channels, channels, dilated_kernel_size, padding=dilation * (dilated_kernel_size // 2),

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from ..layers import check_int, check_positive
+from ..layers import check_int, check_odd, check_positive
 from ..registry import register_block
 
 __all__ = ["PyramidSplitAttention"]
@@ -75,9 +75,8 @@ class PyramidSplitAttention(nn.Module):
         check_int("PyramidSplitAttention", "channels", channels)
         check_int("PyramidSplitAttention", "out_channels", out_channels)
         check_positive("PyramidSplitAttention", "rd_ratio", rd_ratio)
+        check_odd("PyramidSplitAttention", "kernel_size", kernel_size)
         ks, gs = list(kernel_size), list(groups)
-        if not ks or any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in ks):
-            raise ValueError(f"PyramidSplitAttention: kernel_size must be odd ints >= 1; got {kernel_size!r}.")
         check_int("PyramidSplitAttention", "groups", gs)
         if len(gs) != len(ks):
             raise ValueError(f"PyramidSplitAttention: one group count per kernel size; got {len(ks)} kernels, {len(gs)} groups.")

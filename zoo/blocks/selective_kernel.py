@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from ..layers import check_int, make_divisible
+from ..layers import check_int, check_odd, make_divisible
 from ..registry import register_block
 
 __all__ = ["SelectiveKernel", "ConvNormAct"]
@@ -86,9 +86,8 @@ class SelectiveKernel(nn.Module):
         check_int("SelectiveKernel", "out_channels", out_channels)
         check_int("SelectiveKernel", "dilation", dilation)
         check_int("SelectiveKernel", "groups", groups)
+        check_odd("SelectiveKernel", "kernel_size", kernel_size, 3)
         ks = [kernel_size] * 2 if isinstance(kernel_size, int) else list(kernel_size)
-        if not ks or any(not isinstance(k, int) or k < 3 or k % 2 == 0 for k in ks):
-            raise ValueError(f"kernel_size must be odd ints >= 3; got {kernel_size!r}.")
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2; got {stride}.")
         if keep_3x3:

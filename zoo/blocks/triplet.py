@@ -13,13 +13,14 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from ..layers import check_int
+from ..layers import check_int, check_odd
 from ..registry import register_block
+from .cbam import PooledConvGate
 
 __all__ = ["ZPoolGate", "TripletAttention"]
 
 
-class ZPoolGate(nn.Module):
+class ZPoolGate(PooledConvGate):
     """Z-pool (max and mean over the pooled axis) -> k x k conv -> norm -> gate, on one plane.
 
     The gate sees a ``[B, 2, P, Q]`` stack; the caller chooses which axis was pooled and which two
@@ -27,31 +28,13 @@ class ZPoolGate(nn.Module):
     load unchanged (CBAM's zoo ``SpatialAttn`` stacks (mean, max)). The authors' BN has momentum
     0.01; PyTorch's default (0.1) is used unless ``norm_layer`` says otherwise.
 
-    Args:
-        kernel_size: odd conv kernel size (the paper's 7).
-        norm_layer: norm after the conv; ``None`` gives a conv with bias instead.
-        gate_layer: the gating non-linearity.
+    Args: ``kernel_size``, ``norm_layer``, ``gate_layer`` as :class:`~zoo.blocks.cbam.PooledConvGate`.
 
     Shapes: ``pooled [B, 2, P, Q]`` -> gate ``[B, 1, P, Q]``.
     """
 
-    def __init__(
-        self,
-        kernel_size: int = 7,
-        *,
-        norm_layer: Callable[..., nn.Module] | None = nn.BatchNorm2d,
-        gate_layer: Callable[..., nn.Module] = nn.Sigmoid,
-    ):
-        super().__init__()
-        check_int("ZPoolGate", "kernel_size", kernel_size)
-        if kernel_size % 2 != 1:  # an even kernel would shift the gate by half a position
-            raise ValueError(f"TripletAttention: kernel_size must be odd, got {kernel_size!r}.")
-        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=norm_layer is None)
-        self.bn = norm_layer(1) if norm_layer is not None else nn.Identity()
-        self.gate_act = gate_layer()
-
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.gate_act(self.bn(self.conv(pooled)))
+        return self.pooled_gate(pooled)
 
 
 def _zpool(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -92,7 +75,7 @@ class TripletAttention(nn.Module):
     ):
         super().__init__()
         check_int("TripletAttention", "channels", channels)
-        check_int("TripletAttention", "kernel_size", kernel_size)
+        check_odd("TripletAttention", "kernel_size", kernel_size)
         kw = dict(norm_layer=norm_layer, gate_layer=gate_layer)
         self.cw = ZPoolGate(kernel_size, **kw)
         self.hc = ZPoolGate(kernel_size, **kw)
