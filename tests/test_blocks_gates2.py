@@ -10,6 +10,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from parity import block_input as _x
+from parity import n_params as _n
+from parity import randomize
 from timm.layers.coord_attn import CoordAttn
 
 import zoo
@@ -19,21 +22,8 @@ from zoo.blocks.shuffle import channel_shuffle
 GATES2 = ("triplet", "coord", "bam", "sge", "shuffle", "scse", "lka")
 
 
-def _x(c=32, h=13, w=17, b=2, seed=0):
-    return torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(seed))
-
-
 def _randomize(module: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, t in sorted(module.state_dict().items()):
-            if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.25 if t.ndim <= 1 or t.numel() < 8
-                        else torch.randn(t.shape, generator=g) * 0.3)
-
-
-def _n(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
+    randomize(module, seed, small=8)  # tiny tensors too (shuffle's cweight/cbias, BAM's 4-weight 1x1)
 
 
 def _close(got, want):

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from parity import (
+    assert_fast_equals_plain,
+    assert_logits_match,
+    close,
+    features_like_timm,
+    randomise_bn,
+    timm_pair,
+)
 
 import zoo
 from zoo.models.efficientvit import LiteMLA
-from parity import assert_fast_equals_plain, assert_logits_match, close, features_like_timm, randomise_bn, timm_pair
 
 timm = pytest.importorskip("timm")
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from parity import assert_fast_equals_plain, assert_logits_match, close, features_like_timm, timm_pair
 
 import zoo
-from parity import assert_fast_equals_plain, assert_logits_match, close, features_like_timm, timm_pair
 
 timm = pytest.importorskip("timm")
 

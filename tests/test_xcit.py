@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from parity import assert_fast_equals_plain, assert_logits_match, close, features_like_timm, timm_pair
 
 import zoo
 from zoo.models.xcit import checkpoint_filter_fn
-from parity import assert_fast_equals_plain, assert_logits_match, close, features_like_timm, timm_pair
 
 timm = pytest.importorskip("timm")
 
