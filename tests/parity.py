@@ -122,3 +122,14 @@ def features_like_timm(name: str, ours: nn.Module, timm_name: str | None = None,
     assert net.feature_info.channels() == tinfo.channels()
     assert net.feature_info.reduction() == tinfo.reduction()
     return net
+
+
+def capture_unchanged(model: nn.Module, x: torch.Tensor):
+    """``zoo.capture_attention``'s maps of one no-grad forward of ``model`` on ``x``, after checking that
+    capturing leaves the output bit-identical to a plain forward."""
+    with torch.no_grad():
+        plain = model(x)
+        with zoo.capture_attention(model) as maps:
+            out = model(x)
+    assert torch.equal(out, plain)  # capture leaves the forward alone
+    return maps

@@ -7,6 +7,7 @@ import torch
 from parity import (
     assert_fast_equals_plain,
     assert_logits_match,
+    capture_unchanged,
     close,
     features_like_timm,
     randomise_bn,
@@ -67,11 +68,7 @@ def test_capture_weights_reproduce_the_attention():
     torch.manual_seed(0)
     model = zoo.create("efficientvit_b0", num_classes=3).eval()
     x = torch.randn(1, 3, 96, 64)
-    with torch.no_grad():
-        plain = model(x)
-        with zoo.capture_attention(model) as maps:
-            out = model(x)
-    assert torch.equal(plain, out)
+    maps = capture_unchanged(model, x)
     key = "stages.2.blocks.1.context_module.main"
     assert maps.kinds[key] == "linear"
     w = maps[key]

@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from parity import assert_fast_equals_plain, assert_logits_match, close, features_like_timm, timm_pair
+from parity import (
+    assert_fast_equals_plain,
+    assert_logits_match,
+    capture_unchanged,
+    close,
+    features_like_timm,
+    timm_pair,
+)
 
 import zoo
 
@@ -42,11 +49,7 @@ def test_linear_variant_pools_keys_to_7x7_and_capture():
     torch.manual_seed(0)
     model = zoo.create("pvt_v2_b2_li", num_classes=3, depths=(1, 1, 1, 1)).eval()
     x = torch.randn(1, 3, 96, 64)
-    with torch.no_grad():
-        plain = model(x)
-        with zoo.capture_attention(model) as maps:
-            out = model(x)
-    assert torch.equal(plain, out)
+    maps = capture_unchanged(model, x)
     m = maps["stages.0.blocks.0.attn"]
     assert maps.kinds["stages.0.blocks.0.attn"] == "reduced"
     assert m.shape == (1, 1, 24 * 16, 49)  # every stage: 7x7 keys whatever the size

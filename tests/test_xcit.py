@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from parity import assert_fast_equals_plain, assert_logits_match, close, features_like_timm, timm_pair
+from parity import (
+    assert_fast_equals_plain,
+    assert_logits_match,
+    capture_unchanged,
+    close,
+    features_like_timm,
+    timm_pair,
+)
 
 import zoo
 from zoo.models.xcit import checkpoint_filter_fn
@@ -60,11 +67,7 @@ def test_channel_maps_and_class_attention_capture():
     torch.manual_seed(0)
     model = zoo.create("xcit_t12_16", depth=2, num_classes=3).eval()
     x = torch.randn(2, 3, 80, 48)
-    with torch.no_grad():
-        plain = model(x)
-        with zoo.capture_attention(model) as maps:
-            out = model(x)
-    assert torch.equal(plain, out)
+    maps = capture_unchanged(model, x)
     m = maps["blocks.0.attn"]
     assert maps.kinds["blocks.0.attn"] == "xca" and m.shape == (2, 4, 48, 48)  # C / heads = 192 / 4
     torch.testing.assert_close(m.sum(-1), torch.ones(2, 4, 48))
