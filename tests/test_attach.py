@@ -11,6 +11,18 @@ def _nparams(m):
     return sum(p.numel() for p in m.parameters())
 
 
+def _attach_as_identity(net, x, block, **kw):
+    """``zoo.attach(net, block, **kw)``'s names, after checking that the output on ``x`` is unchanged
+    (within 1e-6 * max|out|): every attached block starts as the identity."""
+    with torch.no_grad():
+        ref = net(x)
+    names = zoo.attach(net, block, **kw)
+    with torch.no_grad():
+        out = net(x)
+    assert torch.allclose(out, ref, atol=1e-6 * ref.abs().max().item(), rtol=0)
+    return names
+
+
 def _hosts():
     return {
         "tv_resnet50": lambda: torchvision.models.resnet50(),
@@ -24,10 +36,8 @@ def test_attach_identity_at_init(host, block):
     torch.manual_seed(0)
     net = _hosts()[host]().eval()
     x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        ref = net(x)
     n0 = _nparams(net)
-    names = zoo.attach(net, block)
+    names = _attach_as_identity(net, x, block)
     expected_blocks = 16 if host == "tv_resnet50" else 18  # 3+4+6+3 bottlenecks; 3+3+9+3 ConvNeXt blocks
     assert len(names) == expected_blocks
     added = sum(_nparams(net.get_submodule(n)) for n in names)
@@ -36,9 +46,6 @@ def test_attach_identity_at_init(host, block):
     gate = 0 if block == "gc" else 1
     own = sum(_nparams(zoo.create_block(block, _channels(net, n))) for n in names)
     assert added == own + gate * len(names)
-    with torch.no_grad():
-        out = net(x)
-    assert torch.allclose(out, ref, atol=1e-6 * ref.abs().max().item(), rtol=0)
 
 
 def _channels(net, name):
@@ -112,11 +119,7 @@ def test_bad_inputs():
 def test_presets_cover_zoo_timm_twins(name, n_blocks):
     net = zoo.create(name, num_classes=10).eval()
     x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        ref = net(x)
-    assert len(zoo.attach(net, "cbam")) == n_blocks
-    with torch.no_grad():
-        assert torch.allclose(net(x), ref, atol=1e-6 * ref.abs().max().item(), rtol=0)
+    assert len(_attach_as_identity(net, x, "cbam")) == n_blocks
 
 
 @pytest.mark.parametrize("host, n_blocks", [
@@ -129,11 +132,7 @@ def test_presets_cover_zoo_timm_twins(name, n_blocks):
 def test_family_presets_identity(host, n_blocks):
     net = host().eval()
     x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        ref = net(x)
-    assert len(zoo.attach(net, "eca")) == n_blocks
-    with torch.no_grad():
-        assert torch.allclose(net(x), ref, atol=1e-6 * ref.abs().max().item(), rtol=0)
+    assert len(_attach_as_identity(net, x, "eca")) == n_blocks
 
 
 # The mobile / RegNet hosts of issue #12, each found by its family preset (no ``at``): block count, the
@@ -158,12 +157,8 @@ def test_mobile_and_regnet_presets_without_at(host, block):
     torch.manual_seed(0)
     net = build().eval()
     x = torch.randn(1, 3, 64, 80)
-    with torch.no_grad():
-        ref = net(x)
-    names = zoo.attach(net, block)
+    names = _attach_as_identity(net, x, block)
     assert len(names) == n_blocks
     assert {type(net.get_submodule(n.rsplit(".", 1)[0])).__name__ for n in names} == classes
     wrapped = {type(net.get_submodule(n)).__name__ for n in names}
     assert wrapped == ({"ResidualGate"} if block == "se" else {"GlobalContext"})
-    with torch.no_grad():
-        assert torch.allclose(net(x), ref, atol=1e-6 * ref.abs().max().item(), rtol=0)

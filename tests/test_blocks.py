@@ -6,6 +6,9 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from parity import block_input as _input
+from parity import n_params as _n_params
+from parity import randomize as _randomize
 from timm.layers.bottleneck_attn import BottleneckAttn
 from timm.layers.cbam import CbamModule
 from timm.layers.eca import EcaModule
@@ -31,27 +34,6 @@ ZERO_UPSTREAM = {"shuffle": ("sweight", "gn.")}
 
 def _block(name: str, channels: int) -> nn.Module:
     return zoo.create_block(name, channels, **SMALL_KWARGS.get(name, {}))
-
-
-def _input(c: int = 32, h: int = 13, w: int = 17, seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(seed))
-
-
-def _randomize(module: nn.Module, seed: int = 0) -> None:
-    """Overwrite every parameter and BN running stat so no parity check passes by zero-init luck."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, t in sorted(module.state_dict().items()):
-            if t.is_floating_point():
-                t.copy_(
-                    torch.rand(t.shape, generator=g) * 0.5 + 0.25
-                    if t.ndim == 1
-                    else torch.randn(t.shape, generator=g) * 0.3
-                )
-
-
-def _n_params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
 
 
 def test_registry_has_all_blocks():

@@ -9,28 +9,16 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from parity import block_input as _x
+from parity import capture_unchanged
+from parity import n_params as _n
+from parity import randomize as _randomize
 
 import zoo
 from zoo.blocks.fca import dct_filters
 
 NEW = ["ese", "ge", "ceca", "fca", "gct", "srm", "simam"]
 SIZES = [(7, 7), (13, 17)]
-
-
-def _x(c=32, h=13, w=17, seed=0, b=2):
-    return torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(seed))
-
-
-def _randomize(module: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, t in sorted(module.state_dict().items()):
-            if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.25 if t.ndim == 1 else torch.randn(t.shape, generator=g) * 0.3)
-
-
-def _n(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
 
 
 def _parity(ours: nn.Module, ref: nn.Module, c: int, sizes=SIZES) -> None:
@@ -307,11 +295,7 @@ def test_capture_returns_each_gate_in_a_resnet(name, kw):
     torch.manual_seed(0)
     model = zoo.create(f"{name}_resnet18", attn_kwargs=kw, num_classes=10, fast=False).eval()
     x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        plain = model(x)
-        with zoo.capture_attention(model) as maps:
-            out = model(x)
-    assert torch.equal(out, plain)  # capture leaves the forward alone
+    maps = capture_unchanged(model, x)
     attn = [n for n, m in model.named_modules() if n.endswith(".attn")]
     assert len(attn) == 8
     channel = maps.of_kind("channel")

@@ -10,6 +10,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from parity import block_input as _x
+from parity import capture_unchanged, randomize
+from parity import n_params as _n
 from timm.layers.coord_attn import CoordAttn
 
 import zoo
@@ -19,21 +22,8 @@ from zoo.blocks.shuffle import channel_shuffle
 GATES2 = ("triplet", "coord", "bam", "sge", "shuffle", "scse", "lka")
 
 
-def _x(c=32, h=13, w=17, b=2, seed=0):
-    return torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(seed))
-
-
 def _randomize(module: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, t in sorted(module.state_dict().items()):
-            if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.25 if t.ndim <= 1 or t.numel() < 8
-                        else torch.randn(t.shape, generator=g) * 0.3)
-
-
-def _n(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
+    randomize(module, seed, small=8)  # tiny tensors too (shuffle's cweight/cbias, BAM's 4-weight 1x1)
 
 
 def _close(got, want):
@@ -310,11 +300,7 @@ def test_capture_returns_each_blocks_maps_in_resnet18(block):
     torch.manual_seed(0)
     model = zoo.create(f"{block}_resnet18", num_classes=4).eval()
     x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        ref = model(x)
-        with zoo.capture_attention(model) as maps:
-            out = model(x)
-    assert torch.equal(out, ref)  # capture leaves the forward alone
+    maps = capture_unchanged(model, x)
     assert set(maps.kinds.values()) == EXPECTED_KINDS[block]
     n_blocks = 3 if block == "bam" else 8  # BAM after layer1-3; the others in all 8 BasicBlocks
     spatial = {k: v for k, v in maps.items() if maps.kinds[k] in ("spatial", "modulation")}

@@ -4,22 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from parity import block_input as _x
+from parity import randomize as _randomize
 
 import zoo
 
 NEW = ["sk", "splat", "lambda", "halo"]
-
-
-def _x(c=32, h=13, w=17, seed=0, b=2):
-    return torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(seed))
-
-
-def _randomize(module: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, t in sorted(module.state_dict().items()):
-            if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.25 if t.ndim == 1 else torch.randn(t.shape, generator=g) * 0.3)
 
 
 def _parity(ours, ref, sizes, c=32, rename=None):

@@ -6,6 +6,8 @@ import lightning as L
 import pytest
 import timm
 import torch
+from parity import assert_logits_close as _close
+from parity import perturb as _randomize
 from timm.models.vision_transformer import checkpoint_filter_fn as timm_filter_fn
 
 import zoo
@@ -18,21 +20,6 @@ TIMM = {
     "deit_b_16_distilled": "deit_base_distilled_patch16_224",
 }
 TINY = dict(img_size=64, embed_dim=32, depth=2, num_heads=2)
-
-
-def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Perturb every parameter (timm zero-inits biases and the heads: parity would prove little)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return model.eval()
-
-
-def _close(ref: torch.Tensor, out: torch.Tensor) -> None:
-    scale = ref.abs().max().item()
-    assert scale > 1e-2 and out.shape == ref.shape
-    assert (out - ref).abs().max().item() <= 1e-4 * scale
 
 
 def _x(size, seed: int = 1) -> torch.Tensor:

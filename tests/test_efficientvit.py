@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from parity import (
+    assert_fast_equals_plain,
+    assert_logits_match,
+    capture_unchanged,
+    close,
+    features_like_timm,
+    randomise_bn,
+    timm_pair,
+)
 
 import zoo
 from zoo.models.efficientvit import LiteMLA
@@ -11,27 +20,8 @@ from zoo.models.efficientvit import LiteMLA
 timm = pytest.importorskip("timm")
 
 
-def _randomise_bn(model: torch.nn.Module) -> None:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_(1.0, 0.2)
-                m.bias.normal_(0, 0.2)
-
-
 def _pair(name: str):
-    torch.manual_seed(0)
-    ref = timm.create_model(name, pretrained=False).eval()
-    _randomise_bn(ref)
-    ours = zoo.create(name, fast=False).eval()
-    ours.load_state_dict(ref.state_dict())  # same names: strict load
-    return ref, ours
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> None:
-    assert (a - b).abs().max() <= tol * a.abs().max(), (a - b).abs().max()
+    return timm_pair(name, prepare=randomise_bn)
 
 
 @pytest.mark.parametrize("name,sizes", [
@@ -41,22 +31,11 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-4) -> None:
       for n in ("efficientvit_b1", "efficientvit_b2", "efficientvit_b3")],
 ])
 def test_logits_match_timm(name, sizes):
-    ref, ours = _pair(name)
-    for hw in sizes:
-        x = torch.randn(1, 3, *hw)
-        with torch.no_grad():
-            _close(ref(x), ours(x))
+    assert_logits_match(*_pair(name), sizes)
 
 
 def test_fast_equals_plain_and_techniques():
-    torch.manual_seed(0)
-    fast = zoo.create("efficientvit_b0").eval()
-    assert zoo.accel.techniques_applied(fast)
-    plain = zoo.create("efficientvit_b0", fast=False).eval()
-    plain.load_state_dict(fast.state_dict())
-    x = torch.randn(2, 3, 64, 96)
-    with torch.no_grad():
-        _close(plain(x), fast(x))
+    assert_fast_equals_plain("efficientvit_b0", (2, 3, 64, 96))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -73,7 +52,7 @@ def test_linear_attention_safe_under_autocast_with_large_activations(dtype):
         with torch.autocast("cpu", dtype=dtype):
             got = attn(x)
     assert got.dtype == dtype and torch.isfinite(got).all()
-    _close(want, got.float(), tol=3e-2)
+    close(want, got.float(), tol=3e-2)
 
 
 def test_whole_model_finite_under_fp16_autocast():
@@ -89,11 +68,7 @@ def test_capture_weights_reproduce_the_attention():
     torch.manual_seed(0)
     model = zoo.create("efficientvit_b0", num_classes=3).eval()
     x = torch.randn(1, 3, 96, 64)
-    with torch.no_grad():
-        plain = model(x)
-        with zoo.capture_attention(model) as maps:
-            out = model(x)
-    assert torch.equal(plain, out)
+    maps = capture_unchanged(model, x)
     key = "stages.2.blocks.1.context_module.main"
     assert maps.kinds[key] == "linear"
     w = maps[key]
@@ -110,23 +85,19 @@ def test_capture_weights_reproduce_the_attention():
         w = attn.linear_attention_weights(feat)
         _, _, v = attn.qkv_heads(feat)
         want = attn.proj((w @ v).transpose(-1, -2).reshape(2, -1, 5, 7))
-        _close(attn(feat), want)
+        close(attn(feat), want)
 
 
 def test_feature_maps_match_timm_any_size():
     ref, ours = _pair("efficientvit_b0")
-    net = zoo.create("efficientvit_b0", features_only=True, fast=False).eval()
-    net.model.load_state_dict({k: v for k, v in ours.state_dict().items() if not k.startswith("head")})
-    tinfo = timm.create_model("efficientvit_b0", features_only=True).feature_info
-    assert net.feature_info.channels() == tinfo.channels()
-    assert net.feature_info.reduction() == tinfo.reduction()
+    net = features_like_timm("efficientvit_b0", ours)
     x = torch.randn(1, 3, 70, 45)  # not a multiple of 32: every conv pads, nothing needs one
     with torch.no_grad():
         want = ref.forward_intermediates(x, intermediates_only=True)
         got = net(x)
     assert [g.shape[-2:] for g in got] == [(18, 12), (9, 6), (5, 3), (3, 2)]
     for a, b in zip(want, got):
-        _close(a, b)
+        close(a, b)
 
 
 def test_api_surface():

@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from parity import perturb as _randomize
 
 import zoo
 from zoo.models.features import FeatureNet, feature_take_indices, features_only
@@ -35,15 +36,6 @@ def _timm_kwargs(name: str, hw: tuple[int, int]) -> dict:
 def _to_nchw(timm_name: str, maps: list[torch.Tensor]) -> list[torch.Tensor]:
     # timm's features_only Swin returns its NHWC layout; zoo returns NCHW for every model.
     return [m.permute(0, 3, 1, 2) for m in maps] if "swin" in timm_name else maps
-
-
-def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Perturb every parameter: default inits zero biases, norms' shifts and Swin v2's post-norms."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return model.eval()
 
 
 def _assert_maps_close(want: list[torch.Tensor], got: list[torch.Tensor]) -> None:

@@ -3,22 +3,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from parity import (
+    assert_fast_equals_plain,
+    assert_logits_match,
+    capture_unchanged,
+    close,
+    features_like_timm,
+    timm_pair,
+)
 
 import zoo
 
 timm = pytest.importorskip("timm")
-
-
-def _pair(name: str):
-    torch.manual_seed(0)
-    ref = timm.create_model(name, pretrained=False).eval()
-    ours = zoo.create(name, fast=False).eval()
-    ours.load_state_dict(ref.state_dict())  # same names: strict load
-    return ref, ours
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> None:
-    assert (a - b).abs().max() <= 1e-4 * a.abs().max(), (a - b).abs().max()
 
 
 @pytest.mark.parametrize("name,sizes", [
@@ -29,31 +25,16 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
       for n in ("pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b2_li", "pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5")],
 ])
 def test_logits_match_timm(name, sizes):
-    ref, ours = _pair(name)
-    for hw in sizes:
-        x = torch.randn(1, 3, *hw)
-        with torch.no_grad():
-            _close(ref(x), ours(x))
+    assert_logits_match(*timm_pair(name), sizes)
 
 
 def test_fast_equals_plain_and_techniques():
-    torch.manual_seed(0)
-    fast = zoo.create("pvt_v2_b0").eval()
-    assert zoo.accel.techniques_applied(fast)
-    plain = zoo.create("pvt_v2_b0", fast=False).eval()
-    plain.load_state_dict(fast.state_dict())
-    x = torch.randn(2, 3, 64, 96)
-    with torch.no_grad():
-        _close(plain(x), fast(x))
+    assert_fast_equals_plain("pvt_v2_b0", (2, 3, 64, 96))
 
 
 def test_feature_maps_match_timm():
-    ref, ours = _pair("pvt_v2_b0")
-    net = zoo.create("pvt_v2_b0", features_only=True, fast=False).eval()
-    net.model.load_state_dict({k: v for k, v in ours.state_dict().items() if not k.startswith("head")})
-    tinfo = timm.create_model("pvt_v2_b0", features_only=True).feature_info
-    assert net.feature_info.channels() == tinfo.channels()
-    assert net.feature_info.reduction() == tinfo.reduction()
+    ref, ours = timm_pair("pvt_v2_b0")
+    net = features_like_timm("pvt_v2_b0", ours)
     x = torch.randn(1, 3, 64, 80)
     with torch.no_grad():
         want = ref.forward_intermediates(x, intermediates_only=True)
@@ -61,18 +42,14 @@ def test_feature_maps_match_timm():
     assert len(got) == len(want) == 4
     for a, b in zip(want, got):
         assert a.shape == b.shape
-        _close(a, b)
+        close(a, b)
 
 
 def test_linear_variant_pools_keys_to_7x7_and_capture():
     torch.manual_seed(0)
     model = zoo.create("pvt_v2_b2_li", num_classes=3, depths=(1, 1, 1, 1)).eval()
     x = torch.randn(1, 3, 96, 64)
-    with torch.no_grad():
-        plain = model(x)
-        with zoo.capture_attention(model) as maps:
-            out = model(x)
-    assert torch.equal(plain, out)
+    maps = capture_unchanged(model, x)
     m = maps["stages.0.blocks.0.attn"]
     assert maps.kinds["stages.0.blocks.0.attn"] == "reduced"
     assert m.shape == (1, 1, 24 * 16, 49)  # every stage: 7x7 keys whatever the size
@@ -91,7 +68,7 @@ def test_capture_reproduces_the_attention_output():
         _, _, v = attn.qkv_heads(x, (16, 12))
         want = attn.proj((probs @ v).transpose(1, 2).reshape(2, 16 * 12, 32))
     assert probs.shape == (2, 1, 16 * 12, 2 * 1)  # sr 8: a 16x12 grid reduces to 2x1
-    _close(want, y)
+    close(want, y)
 
 
 def test_any_size_and_the_minimum():

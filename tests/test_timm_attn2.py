@@ -3,6 +3,7 @@
 import pytest
 import timm
 import torch
+from parity import capture_unchanged
 
 import zoo
 from zoo.blocks.bat import BatNonLocal
@@ -120,11 +121,7 @@ def test_resnest_avd_pool_strides_and_sk_block_kinds():
 def test_capture_each_block(name, kind, cls):
     model = zoo.create(name, fast=False).eval()
     x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        ref = model(x)
-        with zoo.capture_attention(model) as maps:
-            out = model(x)
-    assert torch.equal(ref, out)  # capture leaves the forward unchanged
+    maps = capture_unchanged(model, x)
     n_blocks = sum(type(mod).__name__ == cls for mod in model.modules())
     got = maps.of_kind(kind)
     assert n_blocks > 0 and len(got) == n_blocks

@@ -5,6 +5,8 @@ import pytest
 import timm
 import torch
 import torchvision
+from parity import assert_logits_close as _assert_logits_close
+from parity import perturb as _randomize
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 from timm.models.vision_transformer import checkpoint_filter_fn as timm_filter_fn
@@ -24,26 +26,10 @@ TIMM_NAMES = {
 }
 
 
-def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Perturb every parameter: default inits zero the head (torchvision), biases, LayerNorm affines."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return model.eval()
-
-
 def _save(sd: dict, tmp_path, name: str = "ref.pth") -> str:
     path = tmp_path / name
     torch.save(sd, path)
     return str(path)
-
-
-def _assert_logits_close(ref: torch.Tensor, out: torch.Tensor) -> None:
-    scale = ref.abs().max().item()
-    assert scale > 1e-2, "reference logits are trivial; the comparison would prove nothing"
-    assert out.shape == ref.shape
-    assert (out - ref).abs().max().item() <= 1e-4 * scale
 
 
 def _tiny(**kw) -> VisionTransformer:

@@ -3,6 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from parity import (
+    assert_fast_equals_plain,
+    assert_logits_match,
+    capture_unchanged,
+    close,
+    features_like_timm,
+    timm_pair,
+)
 
 import zoo
 from zoo.models.xcit import checkpoint_filter_fn
@@ -12,9 +20,7 @@ timm = pytest.importorskip("timm")
 TIMM = {"xcit_t12_16": "xcit_tiny_12_p16_224", "xcit_s12_16": "xcit_small_12_p16_224"}
 
 
-def _pair(name: str, **kw):
-    torch.manual_seed(0)
-    ref = timm.create_model(TIMM[name], pretrained=False, **kw).eval()
+def _nontrivial_stats(ref: torch.nn.Module) -> None:
     with torch.no_grad():  # non-trivial BatchNorm statistics and LayerScales
         for n, b in ref.named_buffers():
             if n.endswith("running_mean"):
@@ -24,13 +30,10 @@ def _pair(name: str, **kw):
         for n, p in ref.named_parameters():
             if "gamma" in n or "temperature" in n:
                 p.uniform_(0.5, 1.5)
-    ours = zoo.create(name, fast=False, **kw).eval()
-    ours.load_state_dict(ref.state_dict())  # same names: strict load
-    return ref, ours
 
 
-def _close(a: torch.Tensor, b: torch.Tensor) -> None:
-    assert (a - b).abs().max() <= 1e-4 * a.abs().max(), (a - b).abs().max()
+def _pair(name: str, **kw):
+    return timm_pair(name, TIMM[name], prepare=_nontrivial_stats, **kw)
 
 
 @pytest.mark.parametrize("name,sizes", [
@@ -39,11 +42,7 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
     pytest.param("xcit_s12_16", [(224, 224), (160, 288)], marks=pytest.mark.slow),
 ])
 def test_logits_match_timm(name, sizes):
-    ref, ours = _pair(name)
-    for hw in sizes:
-        x = torch.randn(1, 3, *hw)
-        with torch.no_grad():
-            _close(ref(x), ours(x))
+    assert_logits_match(*_pair(name), sizes)
 
 
 def test_official_layout_is_converted():
@@ -57,29 +56,18 @@ def test_official_layout_is_converted():
     fresh.load_state_dict(checkpoint_filter_fn({"model": sd}, fresh))
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
-        _close(ref(x), fresh(x))
+        close(ref(x), fresh(x))
 
 
 def test_fast_equals_plain_and_techniques():
-    torch.manual_seed(0)
-    fast = zoo.create("xcit_t12_16", depth=3).eval()
-    assert zoo.accel.techniques_applied(fast)
-    plain = zoo.create("xcit_t12_16", depth=3, fast=False).eval()
-    plain.load_state_dict(fast.state_dict())
-    x = torch.randn(2, 3, 64, 80)
-    with torch.no_grad():
-        _close(plain(x), fast(x))
+    assert_fast_equals_plain("xcit_t12_16", (2, 3, 64, 80), depth=3)
 
 
 def test_channel_maps_and_class_attention_capture():
     torch.manual_seed(0)
     model = zoo.create("xcit_t12_16", depth=2, num_classes=3).eval()
     x = torch.randn(2, 3, 80, 48)
-    with torch.no_grad():
-        plain = model(x)
-        with zoo.capture_attention(model) as maps:
-            out = model(x)
-    assert torch.equal(plain, out)
+    maps = capture_unchanged(model, x)
     m = maps["blocks.0.attn"]
     assert maps.kinds["blocks.0.attn"] == "xca" and m.shape == (2, 4, 48, 48)  # C / heads = 192 / 4
     torch.testing.assert_close(m.sum(-1), torch.ones(2, 4, 48))
@@ -94,17 +82,13 @@ def test_channel_maps_and_class_attention_capture():
         probs = attn.attention_probs(t)
         _, _, v = attn.qkv_heads(t)
         want = attn.proj((probs @ v).permute(0, 3, 1, 2).reshape(2, 15, 192))
-        _close(want, attn(t))
+        close(want, attn(t))
 
 
 def test_feature_maps_match_timm():
     ref, ours = _pair("xcit_t12_16")
-    net = zoo.create("xcit_t12_16", features_only=True, fast=False).eval()
-    net.model.load_state_dict({k: v for k, v in ours.state_dict().items()
-                               if k.startswith(("patch_embed", "pos_embed", "blocks"))})
-    tnet = timm.create_model(TIMM["xcit_t12_16"], features_only=True)
-    assert net.feature_info.channels() == tnet.feature_info.channels()
-    assert net.feature_info.reduction() == tnet.feature_info.reduction()
+    net = features_like_timm("xcit_t12_16", ours, TIMM["xcit_t12_16"],
+                             keep=lambda k: k.startswith(("patch_embed", "pos_embed", "blocks")))
     assert net.out_indices == (9, 10, 11)
     x = torch.randn(1, 3, 64, 72)  # 72 is not a multiple of 16: a ceil(72 / 16) = 5 wide grid
     with torch.no_grad():
@@ -112,7 +96,7 @@ def test_feature_maps_match_timm():
         got = net(x)
     for a, b in zip(want, got):
         assert b.shape == (1, 192, 4, 5)
-        _close(a, b)
+        close(a, b)
 
 
 def test_api_surface():

@@ -25,8 +25,9 @@ import torch.nn as nn
 
 from ..blocks.self_attn import BottleneckSelfAttn
 from ..layers import check_image_input, check_int, make_divisible
-from ..registry import create_block, register_model
+from ..registry import create_block
 from .features import check_output_fmt, feature_take_indices
+from .variants import register_variants
 
 __all__ = ["ByobAttnNet", "BYOB_ATTN_ARCHS", "filter_fn"]
 
@@ -341,16 +342,5 @@ BYOB_ATTN_ARCHS = {
 }
 
 
-def _create(arch: dict, **kwargs) -> ByobAttnNet:
-    return ByobAttnNet(**{**arch, **kwargs})
-
-
-def _entry(name: str, arch: dict):
-    fn = functools.partial(_create, arch)
-    fn.__name__, fn.__module__ = name, __name__
-    fn.__doc__ = f"{name} (timm's ByobNet layout and names): {arch}; keyword arguments go to :class:`ByobAttnNet`."
-    return fn
-
-
-for _name, _arch in BYOB_ATTN_ARCHS.items():
-    register_model(_entry(_name, _arch), filter_fn=filter_fn)
+register_variants(ByobAttnNet, BYOB_ATTN_ARCHS, module=__name__, filter_fn=filter_fn,
+                  doc="{name} (timm's ByobNet layout and names): {arch}; keyword arguments go to :class:`ByobAttnNet`.")

@@ -22,7 +22,6 @@ plain network's.
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
@@ -30,8 +29,9 @@ import torch.nn as nn
 import torch.utils.checkpoint
 
 from ..layers import DropPath, check_image_input, check_int, check_rate, make_divisible
-from ..registry import create_block, register_model
+from ..registry import create_block
 from .features import check_output_fmt, feature_take_indices
+from .variants import register_variants
 
 __all__ = ["MobileNetV2", "InvertedResidual", "MBV2_ATTN", "MBV2_PLACEMENT", "MBV2_ATTN_KWARGS", "INVERTED_RESIDUAL_SETTING"]
 
@@ -286,19 +286,5 @@ class MobileNetV2(nn.Module):
 _ARCHS = {"mobilenet_v2": dict(width_mult=1.0)}
 
 
-def _create(arch: dict, **kwargs) -> MobileNetV2:
-    return MobileNetV2(**{**arch, **kwargs})  # the caller's kwargs win
-
-
-def _entry(name: str, arch: dict):
-    fn = functools.partial(_create, arch)
-    fn.__name__, fn.__module__ = name, __name__  # the registry reads these
-    fn.__doc__ = f"{name}: {arch}; keyword arguments override these and go to :class:`MobileNetV2`."
-    return fn
-
-
-for _arch_name, _arch in _ARCHS.items():
-    register_model(_entry(_arch_name, _arch))
-    for _attn in MBV2_ATTN:
-        _name = f"{_attn}_{_arch_name}"
-        register_model(_entry(_name, {**_arch, "attn": _attn}))
+register_variants(MobileNetV2, _ARCHS, MBV2_ATTN, module=__name__,
+                  doc="{name}: {arch}; keyword arguments override these and go to :class:`MobileNetV2`.")

@@ -37,7 +37,6 @@ names, plus every registered attention block inserted where its paper puts it:
 """
 from __future__ import annotations
 
-import functools
 import re
 
 import torch
@@ -45,8 +44,9 @@ import torch.nn as nn
 import torch.utils.checkpoint
 
 from ..layers import DropPath, check_image_input, check_int, check_rate
-from ..registry import create_block, register_model
+from ..registry import create_block
 from .features import check_output_fmt, feature_take_indices
+from .variants import register_variants
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "ATTN_PLACEMENT", "NL_AFTER", "filter_fn"]
 
@@ -500,20 +500,6 @@ VARIANT_KWARGS = {("shuffle", "basic"): dict(attn_kwargs=dict(groups=32))}
 ATTN_VARIANTS += ("bat",)
 
 
-def _create_resnet(arch: dict, **kwargs) -> ResNet:
-    return ResNet(**{**arch, **kwargs})  # the caller's kwargs win
-
-
-def _entry(name: str, arch: dict):
-    fn = functools.partial(_create_resnet, arch)
-    fn.__name__, fn.__module__ = name, __name__  # the registry reads these
-    fn.__doc__ = f"{name}: {arch}; keyword arguments override these and go to :class:`ResNet`."
-    return fn
-
-
-for _arch_name, _arch in _ARCHS.items():
-    register_model(_entry(_arch_name, _arch), filter_fn=filter_fn)
-    for _attn in ATTN_VARIANTS:
-        _name = f"{_attn}_{_arch_name}"
-        _variant = {**_arch, "attn": _attn, **VARIANT_KWARGS.get((_attn, _arch["block"]), {})}
-        register_model(_entry(_name, _variant), filter_fn=filter_fn)
+register_variants(ResNet, _ARCHS, ATTN_VARIANTS, module=__name__, filter_fn=filter_fn,
+                  doc="{name}: {arch}; keyword arguments override these and go to :class:`ResNet`.",
+                  extra=lambda attn, arch: VARIANT_KWARGS.get((attn, arch["block"]), {}))

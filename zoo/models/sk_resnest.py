@@ -27,6 +27,7 @@ from ..blocks.selective_kernel import ConvNormAct
 from ..registry import create_block, register_model
 from .resnet import ResNet, _ResBlock, filter_fn, register_block_type
 from .timm_attn import ResNetD
+from .variants import model_entry
 
 __all__ = ["SKBasicBlock", "SKBottleneck", "ResNeStBottleneck", "SK_RESNEST_ARCHS"]
 
@@ -155,18 +156,13 @@ SK_RESNEST_ARCHS = {
 }
 
 
-def _create(cls, arch: dict, **kwargs) -> nn.Module:
-    model = cls(**{**arch, **kwargs})  # the caller's kwargs win
+def _create(cls, **kwargs) -> nn.Module:
+    model = cls(**kwargs)
     model.default_img_size = 224
     return model
 
 
-def _entry(name: str, cls, arch: dict):
-    fn = functools.partial(_create, cls, arch)
-    fn.__name__, fn.__module__ = name, __name__  # the registry reads these
-    fn.__doc__ = f"{name} (timm's architecture and names): {arch}; keyword arguments go to :class:`{cls.__name__}`."
-    return fn
-
-
 for _name, (_cls, _arch) in SK_RESNEST_ARCHS.items():
-    register_model(_entry(_name, _cls, _arch), filter_fn=filter_fn)
+    _doc = f"{{name}} (timm's architecture and names): {{arch}}; keyword arguments go to :class:`{_cls.__name__}`."
+    register_model(model_entry(_name, functools.partial(_create, _cls), _arch, module=__name__, doc=_doc),
+                   filter_fn=filter_fn)

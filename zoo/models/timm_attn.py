@@ -24,8 +24,8 @@ import functools
 
 import torch.nn as nn
 
-from ..registry import register_model
 from .resnet import ResNet, _init_conv, _norm, filter_fn
+from .variants import register_variants
 
 __all__ = ["ResNetD", "TIMM_ATTN_ARCHS"]
 
@@ -91,16 +91,6 @@ TIMM_ATTN_ARCHS = {
 }
 
 
-def _create(arch: dict, **kwargs) -> ResNetD:
-    return ResNetD(**{"block": "bottleneck", **arch, **kwargs})  # the caller's kwargs win
-
-
-def _entry(name: str, arch: dict):
-    fn = functools.partial(_create, arch)
-    fn.__name__, fn.__module__ = name, __name__  # the registry reads these
-    fn.__doc__ = f"{name} (timm's architecture and names): {arch}; keyword arguments go to :class:`ResNetD`."
-    return fn
-
-
-for _name, _arch in TIMM_ATTN_ARCHS.items():
-    register_model(_entry(_name, _arch), filter_fn=filter_fn)
+# Every row is a bottleneck ResNet-D unless it says otherwise; the caller's kwargs win over both.
+register_variants(functools.partial(ResNetD, block="bottleneck"), TIMM_ATTN_ARCHS, module=__name__, filter_fn=filter_fn,
+                  doc="{name} (timm's architecture and names): {arch}; keyword arguments go to :class:`ResNetD`.")
