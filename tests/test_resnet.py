@@ -3,11 +3,13 @@ slot, checkpoint adaptation, and a forward/backward smoke test of every register
 from __future__ import annotations
 
 import functools
+import re
 
 import pytest
 import timm
 import torch
 import torchvision
+from registry_sets import deep_repeat, resnet50_sibling
 from safetensors.torch import save_file
 
 import zoo
@@ -319,9 +321,39 @@ def test_smoke_every_variant(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", RESNETS)
+@pytest.mark.parametrize("name", [n for n in RESNETS if not deep_repeat(n)])
 def test_smoke_every_variant_full_depth(name):
     _smoke(name)
+
+
+DEEP = [n for n in zoo.list_models() if deep_repeat(n)]
+
+
+@pytest.mark.parametrize("name", DEEP)
+def test_deep_variants_are_their_resnet50_with_more_blocks(name):
+    """The per-model tests run ``X_resnet50`` and leave ``X_resnet101/152`` out (tests/registry_sets.py):
+    this is what makes that safe. The deep variant's registered architecture is its sibling's but for
+    ``layers``, and its built model holds every sibling parameter with the same shape, plus blocks."""
+    sibling = resnet50_sibling(name)
+    fn, fn50 = zoo.registry.get_model_entry(name).fn, zoo.registry.get_model_entry(sibling).fn
+    assert fn.args[0] is fn50.args[0]  # the same model class
+    arch, arch50 = dict(fn.args[1]), dict(fn50.args[1])
+    layers = arch.pop("layers")
+    assert layers == {"101": (3, 4, 23, 3), "152": (3, 8, 36, 3)}[name[-3:]]
+    assert arch50.pop("layers") == (3, 4, 6, 3) and arch == arch50
+    with torch.device("meta"):  # shapes only
+        deep, base = zoo.create(name), zoo.create(sibling)
+    assert [len(getattr(deep, f"layer{i}")) for i in range(1, 5)] == list(layers)
+    shapes = {k: v.shape for k, v in deep.state_dict().items()}
+    for key, value in base.state_dict().items():
+        m = re.match(r"layer(\d)\.(\d+)\.(.*)", key)
+        if m is None:  # stem and head
+            assert shapes.get(key) == value.shape, key
+            continue
+        i, j, rest = int(m[1]), int(m[2]), m[3]
+        # A stage-placed block (BAM) sits after each stage's last block, wherever that is.
+        at = [j] + ([layers[i - 1] - 1] if j == len(getattr(base, f"layer{i}")) - 1 else [])
+        assert any(shapes.get(f"layer{i}.{b}.{rest}") == value.shape for b in at), key
 
 
 def test_registered_names():

@@ -3,17 +3,15 @@
 import pytest
 import timm
 import torch
+from registry_sets import BYOB, SK_RESNEST
 
 import zoo
 from zoo.models.byob_attn import BYOB_ATTN_ARCHS
 from zoo.models.timm_attn import TIMM_ATTN_ARCHS
 
-from test_timm_attn2 import BYOB, SK_RESNEST
-
 # one ECA + tiered stem, one SE + ResNeXt + deep stem, one ByobNet with GC
 FAST = {"ecaresnet26t", "seresnext26d_32x4d", "gcresnext26ts"}
-# SK / ResNeSt / Halo / Lambda / BAT twins are checked in test_timm_attn2.py, at sizes timm accepts
-# (halo and bat need every stage map a multiple of their block size, so 96 is not one of them).
+# SK / ResNeSt / Halo / Lambda / BAT twins are checked in test_timm_attn2.py (see tests/registry_sets.py).
 OWNED_ELSEWHERE = set(SK_RESNEST) | set(BYOB)
 NAMES = [n if n in FAST else pytest.param(n, marks=pytest.mark.slow)
          for n in {**TIMM_ATTN_ARCHS, **BYOB_ATTN_ARCHS} if n not in OWNED_ELSEWHERE]

@@ -4,12 +4,11 @@ import pytest
 import timm
 import torch
 from parity import capture_unchanged
+from registry_sets import BYOB, SK_RESNEST
 
 import zoo
 from zoo.blocks.bat import BatNonLocal
 
-SK_RESNEST = ["skresnet18", "skresnet34", "skresnext50_32x4d", "resnest14d", "resnest26d", "resnest50d"]
-BYOB = ["halonet26t", "sehalonet33ts", "eca_halonext26ts", "lambda_resnet26t", "bat_resnext26ts"]
 # A second size timm accepts: halo / bat need every stage map a multiple of 8 (input 256k), lambda >= 128.
 OTHER = {"lambda_resnet26t": 128, "halonet26t": 512, "sehalonet33ts": 512, "eca_halonext26ts": 512,
          "bat_resnext26ts": 512}
