@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import zoo
 from zoo import accel
-from zoo.accel import fused_linear
+from zoo.accel import fused_conv, fused_linear
 from zoo.accel.cast import FastConv2d, cast_params
 from zoo.accel.fused_linear import FastLinear
 
@@ -229,6 +229,40 @@ def test_fused_mlp_matches_and_fuses_exact_gelu_only(approximate, monkeypatch):
     torch.testing.assert_close(y.float(), ref, rtol=3e-2, atol=3e-2)
     if fused_linear._ONEDNN_LINEAR is not None:  # bf16 inference: both linears through oneDNN
         assert calls == (["gelu", "none"] if approximate == "none" else ["none", "none"])
+
+
+@pytest.mark.parametrize("approximate,extra_relu", [("none", False), ("none", True), ("tanh", False)])
+def test_fused_conv_mlp_matches_and_fuses_in_inference_only(approximate, extra_relu, monkeypatch):
+    """PVT v2's MLP: depthwise conv + exact GELU as one oneDNN call in fp32 and bf16 CPU inference,
+    the plain ops under autograd, and an approximate GELU never fused."""
+    from zoo.models.pvt_v2 import ConvMlp
+
+    calls = []
+    if fused_conv._ONEDNN_CONV is not None:
+        real = fused_conv._ONEDNN_CONV
+        monkeypatch.setattr(fused_conv, "_ONEDNN_CONV", lambda *a: calls.append(a[0].dtype) or real(*a))
+    torch.manual_seed(0)
+    mlp = ConvMlp(8, 32, extra_relu=extra_relu).eval()
+    mlp.act.approximate = approximate
+    plain = copy.deepcopy(mlp)
+    accel.apply(mlp)
+    assert type(mlp) is fused_conv.FusedConvMlp and set(mlp.state_dict()) == set(plain.state_dict())
+    x, size = torch.randn(2, 5 * 6, 8), (5, 6)  # not square: the view to [B, C, H, W] must be right
+    ref = plain(x, size)
+    torch.testing.assert_close(mlp(x, size), ref)  # autograd on: the plain ops
+    assert calls == []
+    with torch.inference_mode():
+        torch.testing.assert_close(mlp(x, size), ref, rtol=1e-5, atol=1e-5)
+    want = [torch.float32] if approximate == "none" and fused_conv._ONEDNN_CONV is not None else []
+    assert calls == want
+    calls.clear()
+    with torch.inference_mode(), torch.autocast(**BF16):
+        y = mlp(x, size)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref, rtol=3e-2, atol=3e-2)
+    assert calls == [torch.bfloat16 if d is torch.float32 else d for d in want]
+    accel.undo(mlp)
+    assert type(mlp) is ConvMlp
 
 
 # ---- Swin: the mask cache and the explicit CPU training attention ----------------------------------

@@ -10,7 +10,8 @@ One technique a file, each with the measurement behind it:
 =============  ==================================================================================
 ``cast``       cached low-precision Linear / Conv2d weights in autocast inference (``cast.py``),
                with the Linear's bias fused into a oneDNN GEMM (``fused_linear.py``)
-``fused_mlp``  fc1 + GELU of ``zoo.layers.Mlp`` as one oneDNN call in CPU inference (``fused_linear.py``)
+``fused_mlp``  fc1 + GELU of ``zoo.layers.Mlp`` as one oneDNN call in CPU inference (``fused_linear.py``);
+               PVT v2's depthwise conv + GELU likewise (``fused_conv.py``)
 ``layout``     channels-last activations for convolutional networks on the CPU (``layout.py``)
 ``window_attn`` Swin's mask cache and its explicit CPU training attention (``window_attn.py``)
 ``pos_embed``  ViT's resampled position table cached per grid (``pos_embed.py``)
@@ -30,7 +31,7 @@ from .cache import clear
 from .swap import FAST, PLAIN
 
 # Importing the technique files registers their fast twins.
-from . import cast, fused_linear, pos_embed, window_attn  # noqa: E402,F401  isort: skip
+from . import cast, fused_conv, fused_linear, pos_embed, window_attn  # noqa: E402,F401  isort: skip
 from .token_merge import token_merge  # noqa: E402  isort: skip  (changes outputs: never applied by apply())
 
 __all__ = ["TECHNIQUES", "apply", "undo", "is_fast", "techniques_applied", "token_merge"]

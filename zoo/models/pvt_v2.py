@@ -175,7 +175,9 @@ class Stage(nn.Module):
                 x = checkpoint(blk, x, (H, W), use_reentrant=False)
             else:
                 x = blk(x, (H, W))
-        return self.norm(x).reshape(B, H, W, C).permute(0, 3, 1, 2).contiguous()  # B, C, H, W
+        # B, C, H, W in shape, channels-last in memory (no copy): the next stage's strided conv reads
+        # that layout directly, and its output permutes to B, H, W, C as a view.
+        return self.norm(x).reshape(B, H, W, C).permute(0, 3, 1, 2)
 
 
 class PyramidVisionTransformerV2(nn.Module):
