@@ -94,3 +94,12 @@ def test_zoo_vit_cpu_count_equals_meta_count():
     with torch.device("meta"):
         meta = zoo.create("vit_t_16")
     assert count_macs(cpu) == count_macs(meta)
+
+
+@pytest.mark.parametrize("name", ["vit_t_16", "pvt_v2_b0"])
+def test_fused_onednn_ops_counted_like_the_plain_model(name):
+    # zoo.accel fuses ViT's fc1 + GELU (oneDNN linear) and PVT v2's depthwise conv + GELU (oneDNN
+    # conv) in CPU inference: the accelerated count must not lose those MACs.
+    torch.manual_seed(0)
+    fast, plain = zoo.create(name).eval(), zoo.create(name, fast=False).eval()
+    assert count_macs(fast) == count_macs(plain)

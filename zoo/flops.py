@@ -70,11 +70,20 @@ def _onednn_linear_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> in
     return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
 
 
+def _onednn_conv_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    # zoo.accel's fused oneDNN conv (+ bias, + GELU) in CPU inference: w [out, in / groups, kh, kw],
+    # one MAC per weight element per output position.
+    return 2 * x_shape[0] * math.prod(out_shape[2:]) * math.prod(w_shape)
+
+
 def _custom_mapping() -> dict:
     mapping = {aten._native_multi_head_attention: _native_mha_flop}
     linear = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
     if linear is not None:
         mapping[linear] = _onednn_linear_flop
+    conv = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+    if conv is not None:
+        mapping[conv] = _onednn_conv_flop
     fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
     if fwd is not None:
