@@ -19,7 +19,7 @@ from zoo.checkpoint import load_checkpoint
 from zoo.compress.evaluate import compare, resolve_method
 from zoo.train import register_model_configs
 from zoo.train.evaluate import predict, write_report, write_viz
-from zoo.train.utils import EVAL_NUMBERS, check_numbers, refuse_reinitialized_head
+from zoo.train.utils import EVAL_NUMBERS, check_numbers, process_settings, refuse_reinitialized_head
 
 register_model_configs()
 
@@ -68,6 +68,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    process_settings(cfg)  # the CLI's process only
     evaluate(cfg)
 
 

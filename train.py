@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from zoo import resolve_pretrained_cfg
 from zoo.train import read_zoo_checkpoint, register_model_configs, resolve_precision
-from zoo.train.utils import TRAIN_NUMBERS, check_numbers
+from zoo.train.utils import TRAIN_NUMBERS, check_numbers, process_settings
 
 register_model_configs()
 
@@ -66,6 +66,7 @@ def train(cfg: DictConfig, callbacks: list | tuple = ()) -> dict:
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> None:
+    process_settings(cfg)  # the CLI's process only: train(cfg) leaves a caller's process alone
     train(cfg)
 
 

@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
     p.add_argument("--iters", type=int, default=1, help="steps per model per round")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="glibc keeps freed blocks for reuse, as train.py and eval.py do (zoo/accel/allocator.py); "
+                        "process-wide, so every model and twin in the run gets it")
     p.add_argument("--out", default="bench_results", help="output folder for bench.csv/.md/.png")
     p.add_argument("--list", action="store_true", help="print each model's twins and exit")
     return p.parse_args(argv)
@@ -70,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     machine = machine_info(args.device)
+    if args.keep_freed_memory:
+        from ..accel.allocator import keep_freed_memory
+
+        machine["keep_freed_memory"] = str(keep_freed_memory())
     ceilings = {p: matmul_ceiling_gflops(p, args.device) for p in args.precision}
     rows = run_bench(
         cases, batch=args.batch, img_size=args.img_size, precisions=args.precision, modes=args.mode,

@@ -9,7 +9,7 @@ import torch
 from ..checkpoint import read_checkpoint as read_zoo_checkpoint  # the one reader; name kept for train.py
 
 __all__ = ["resolve_precision", "bf16_fast", "register_model_configs", "model_family", "read_zoo_checkpoint",
-           "check_numbers", "TRAIN_NUMBERS", "EVAL_NUMBERS", "refuse_reinitialized_head"]
+           "check_numbers", "TRAIN_NUMBERS", "EVAL_NUMBERS", "refuse_reinitialized_head", "process_settings"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 MODEL_TARGET = "zoo.train.build_model"  # what every model node instantiates
@@ -137,3 +137,13 @@ def refuse_reinitialized_head(model, num_classes: int) -> None:
         "model=<name> pretrained=<weights> data=<this data>) and evaluate that run (eval.py ckpt_path=<run>/"
         "checkpoints/last.ckpt)."
     )
+
+
+def process_settings(cfg) -> bool:
+    """Process-wide settings of a ``train.py`` / ``eval.py`` run: ``keep_freed_memory`` (see
+    ``zoo/accel/allocator.py``). Returns whether the allocator setting was applied."""
+    if not cfg.get("keep_freed_memory", False):
+        return False
+    from ..accel.allocator import keep_freed_memory
+
+    return keep_freed_memory()
