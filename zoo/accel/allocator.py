@@ -2,11 +2,13 @@
 
 glibc's malloc serves each allocation above its mmap threshold (adaptive, at most 32 MiB by default)
 with a new ``mmap`` and unmaps it on free, so every reuse page-faults the whole block in again,
-zero-filled by the kernel. A CPU training step allocates and frees many tensors above that size:
-PVT v2's first-stage MLP hidden at batch 8 is ``[8, 3136, 512]`` float32, 51 MB, several times per
-block forward and backward. In one process, toggling this setting between interleaved steps
-(2 cores, batch 8, fp32 train step, this setting / glibc's default throughput): pvt_v2_b2 1.47x;
-resnet50 and vit_s_16 1.01x (their tensors at batch 8 stay under 32 MiB).
+zero-filled by the kernel. A CPU training step allocates and frees many tensors above that size
+(ResNet-50's first-stage maps at batch 32, ``[32, 256, 56, 56]`` float32, are 103 MB; PVT v2's
+first-stage MLP hidden at batch 8 is 51 MB). Measured when this was written (2 cores, fp32 train
+step, median step time of processes run alternately with and without it, because a process-wide
+setting cannot be toggled fairly inside one process: setting glibc's threshold back also turns off
+its adaptive threshold): ResNet-50 at batch 32 1.7x faster (2 pairs: 1.66x, 1.81x), pvt_v2_b2 at
+batch 8 1.22x (median of 5 pairs, 1.07-1.31x).
 
 :func:`keep_freed_memory` raises glibc's mmap and trim thresholds, so freed blocks stay in the heap
 and are reused. The cost: the process's resident memory stays near its peak instead of shrinking
