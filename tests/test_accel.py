@@ -268,6 +268,35 @@ def test_fused_conv_mlp_matches_and_fuses_in_inference_only(approximate, extra_r
     assert type(mlp) is ConvMlp
 
 
+def test_xcit_channel_attention_written_out_on_cpu_matches_sdpa(monkeypatch):
+    """FastXCA bypasses SDPA on the CPU (train and inference) and gives the plain model's outputs and
+    gradients, the learned temperature's included."""
+    from zoo.accel.channel_attn import FastXCA
+
+    fast, plain = _pair("xcit_t12_16", dict(depth=2, embed_dim=64, num_heads=4))
+    assert all(type(b.attn) is FastXCA for b in fast.blocks) and "channel_attn" in accel.techniques_applied(fast)
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(2, 3, 48, 64)
+    torch.manual_seed(0)
+    y = fast(x)
+    y.square().sum().backward()
+    n_fast = len(calls)
+    torch.manual_seed(0)
+    ref = plain(x)
+    ref.square().sum().backward()
+    assert len(calls) - n_fast == n_fast + 2  # both class-attention layers use SDPA; the plain XCA blocks (2) too
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    g, g_ref = fast.blocks[1].attn.temperature.grad, plain.blocks[1].attn.temperature.grad
+    assert g.abs().sum() > 0
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
+    fast.eval(), plain.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_infer(fast, x).float(), _infer(plain, x).float(), rtol=5e-2, atol=5e-2)
+
+
 # ---- Swin: the mask cache and the explicit CPU training attention ----------------------------------
 def _count_calls(module):
     calls = []
