@@ -271,10 +271,10 @@ def test_fused_conv_mlp_matches_and_fuses_in_inference_only(approximate, extra_r
 def test_xcit_channel_attention_written_out_on_cpu_matches_sdpa(monkeypatch):
     """FastXCA bypasses SDPA on the CPU (train and inference) and gives the plain model's outputs and
     gradients, the learned temperature's included."""
-    from zoo.accel.channel_attn import FastXCA
+    from zoo.accel.cpu_attn import FastXCA
 
     fast, plain = _pair("xcit_t12_16", dict(depth=2, embed_dim=64, num_heads=4))
-    assert all(type(b.attn) is FastXCA for b in fast.blocks) and "channel_attn" in accel.techniques_applied(fast)
+    assert all(type(b.attn) is FastXCA for b in fast.blocks) and "cpu_attn" in accel.techniques_applied(fast)
     calls = []
     real = F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -295,6 +295,45 @@ def test_xcit_channel_attention_written_out_on_cpu_matches_sdpa(monkeypatch):
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(_infer(fast, x).float(), _infer(plain, x).float(), rtol=5e-2, atol=5e-2)
+
+
+def test_pvt_reduced_attention_written_out_in_low_precision_cpu_training(monkeypatch):
+    """bf16 autocast training bypasses SDPA (its backward is slow for 49 keys), with the plain
+    model's outputs and gradients; fp32 training and inference keep SDPA."""
+    from zoo.accel.cpu_attn import FastSpatialReductionAttention
+
+    kw = dict(depths=(1, 1, 1, 1), embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4))
+    fast, plain = _pair("pvt_v2_b0", kw)
+    with torch.no_grad():  # init gives near-uniform attention: sharpen it, so its scale and softmax matter
+        for m in (fast, plain):
+            for n, p in m.named_parameters():
+                if n.endswith(("attn.q.weight", "attn.kv.weight")):
+                    p.mul_(25)
+    assert type(fast.stages[0].blocks[0].attn) is FastSpatialReductionAttention
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(2, 3, 64, 96)
+
+    def step(model, bf16):
+        model.zero_grad()
+        with torch.autocast(**BF16, enabled=bf16):
+            y = model(x)
+        y.float().square().sum().backward()
+        return y.float(), model.stages[1].blocks[0].attn.q.weight.grad.clone()
+
+    for bf16, tol in ((True, 3e-2), (False, 1e-5)):
+        calls.clear()
+        y, g = step(fast, bf16)
+        n_fast = len(calls)
+        y_ref, g_ref = step(plain, bf16)
+        assert len(calls) - n_fast == 4 and n_fast == (0 if bf16 else 4)  # one attention a stage
+        torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
+        torch.testing.assert_close(g, g_ref, rtol=tol * 5, atol=tol * max(1.0, g_ref.abs().max().item()))
+    calls.clear()
+    fast.eval()
+    _infer(fast, x)
+    assert len(calls) == 4  # inference: SDPA
 
 
 # ---- Swin: the mask cache and the explicit CPU training attention ----------------------------------

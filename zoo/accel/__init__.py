@@ -14,7 +14,8 @@ One technique a file, each with the measurement behind it:
                PVT v2's depthwise conv + GELU likewise (``fused_conv.py``)
 ``layout``     channels-last activations for convolutional networks on the CPU (``layout.py``)
 ``window_attn`` Swin's mask cache and its explicit CPU training attention (``window_attn.py``)
-``channel_attn`` XCiT's cross-covariance attention written out on the CPU (``channel_attn.py``)
+``cpu_attn``   attention written out where the CPU SDPA kernels are slow for the shape: XCiT's
+               channel attention, PVT v2's reduced attention in low-precision training (``cpu_attn.py``)
 ``pos_embed``  ViT's resampled position table cached per grid (``pos_embed.py``)
 =============  ==================================================================================
 
@@ -32,12 +33,12 @@ from .cache import clear
 from .swap import FAST, PLAIN
 
 # Importing the technique files registers their fast twins.
-from . import cast, channel_attn, fused_conv, fused_linear, pos_embed, window_attn  # noqa: E402,F401  isort: skip
+from . import cast, cpu_attn, fused_conv, fused_linear, pos_embed, window_attn  # noqa: E402,F401  isort: skip
 from .token_merge import token_merge  # noqa: E402  isort: skip  (changes outputs: never applied by apply())
 
 __all__ = ["TECHNIQUES", "apply", "undo", "is_fast", "techniques_applied", "token_merge"]
 
-TECHNIQUES = ("cast", "fused_mlp", "layout", "window_attn", "channel_attn", "pos_embed")
+TECHNIQUES = ("cast", "fused_mlp", "layout", "window_attn", "cpu_attn", "pos_embed")
 _APPLIED = "_accel_applied"
 
 

@@ -1,0 +1,69 @@
+"""Attention written out on the CPU where the CPU SDPA kernels are slow for the shape.
+
+Both cases were found with ``torch.profiler`` and measured when this was written (2 cores, SDPA /
+written-out time, or throughput for whole models):
+
+- **XCiT's cross-covariance attention** attends across channels: per head a ``d x d`` map over
+  ``N`` "features" (the tokens), so SDPA sees a short sequence (``d``, 48 for xcit_t12) with a long
+  head dimension (``N``, 196 at 224 px) and takes its math fallback. Written out, ``[8, 4, 48, 196]``:
+  inference 1.3x (float32) and 1.7x (bfloat16), forward + backward 1.03x and 2.6x. Taken on the CPU
+  in training and inference.
+- **PVT v2's spatial-reduction attention** has 49 keys at 224 px in every stage. In low-precision
+  training (autocast) the flash kernel's backward is slow for so few keys: forward + backward of
+  ``[8, 5, 196, 64]`` queries on 49 keys in bfloat16 is 3.9x faster written out, and a whole
+  pvt_v2_b2 bf16 train step 1.12x (pvt_v2_b0 1.21x). In float32 training and in inference SDPA is as
+  fast or faster (pvt_v2_b2 fp32 train step 0.99x written out), so it stays there.
+
+:class:`FastXCA` and :class:`FastSpatialReductionAttention` are the fast twins; on other devices and
+under ``torch.compile`` they are the plain modules.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..models.pvt_v2 import SpatialReductionAttention
+from ..models.xcit import XCA
+from .swap import fast_twin
+
+__all__ = ["FastXCA", "FastSpatialReductionAttention"]
+
+
+def _eager_cpu(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def _attend(attn: torch.Tensor, v: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    attn = attn.softmax(-1).to(v.dtype)  # autocast's softmax is float32; the product runs in v's dtype
+    if training and p > 0:
+        attn = F.dropout(attn, p)
+    return attn @ v
+
+
+@fast_twin(XCA, "cpu_attn")
+class FastXCA(XCA):
+    """``zoo.models.xcit.XCA`` with its attention written out on the CPU (same parameters and keys)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _eager_cpu(x):
+            return super().forward(x)
+        B, N, C = x.shape
+        q, k, v = self.qkv_heads(x)  # B, heads, d, N (the temperature is in q)
+        x = _attend(q @ k.transpose(-2, -1), v, self.attn_drop, self.training)  # B, heads, d, N
+        return self.proj_drop(self.proj(x.permute(0, 3, 1, 2).reshape(B, N, C)))
+
+
+@fast_twin(SpatialReductionAttention, "cpu_attn")
+class FastSpatialReductionAttention(SpatialReductionAttention):
+    """``zoo.models.pvt_v2.SpatialReductionAttention`` written out in low-precision CPU training."""
+
+    def forward(self, x: torch.Tensor, feat_size: tuple[int, int]) -> torch.Tensor:
+        if not (_eager_cpu(x) and torch.is_grad_enabled()):
+            return super().forward(x, feat_size)
+        B, N, C = x.shape
+        q, k, v = self.qkv_heads(x, feat_size)  # B, heads, N (N_r), head_dim
+        if q.dtype == torch.float32:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        else:
+            x = _attend((q @ k.transpose(-2, -1)) * self.head_dim**-0.5, v, self.attn_drop, self.training)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
