@@ -336,6 +336,36 @@ def test_pvt_reduced_attention_written_out_in_low_precision_cpu_training(monkeyp
     assert len(calls) == 4  # inference: SDPA
 
 
+def test_vit_attention_written_out_in_low_precision_cpu_training_only(monkeypatch):
+    from zoo.accel.cpu_attn import FastAttention
+
+    fast, plain = _pair("vit_t_16", dict(depth=2, embed_dim=32, num_heads=2, img_size=64))
+    with torch.no_grad():  # sharpen the attention so its scale and softmax matter
+        for m in (fast, plain):
+            for b in m.blocks:
+                b.attn.qkv.weight.mul_(25)
+    assert all(type(b.attn) is FastAttention for b in fast.blocks)
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(2, 3, 64, 64)
+    for bf16, tol in ((True, 3e-2), (False, 1e-5)):
+        grads = []
+        for m in (fast, plain):
+            m.zero_grad()
+            with torch.autocast(**BF16, enabled=bf16):
+                y = m(x)
+            y.float().square().sum().backward()
+            grads.append((y.float(), m.blocks[0].attn.qkv.weight.grad.clone()))
+        torch.testing.assert_close(grads[0][0], grads[1][0], rtol=tol, atol=tol)
+        torch.testing.assert_close(grads[0][1], grads[1][1], rtol=tol * 5, atol=3 * tol * grads[1][1].abs().max().item())
+        assert len(calls) == (2 if bf16 else 6)  # bf16 training: only the plain model's 2 blocks use SDPA
+    calls.clear()
+    fast.eval()
+    _infer(fast, x)
+    assert len(calls) == 2
+
+
 # ---- Swin: the mask cache and the explicit CPU training attention ----------------------------------
 def _count_calls(module):
     calls = []

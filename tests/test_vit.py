@@ -197,9 +197,10 @@ def test_dropouts_only_in_training():
 @pytest.mark.parametrize("kw", [dict(attn_drop_rate=0.5), dict(drop_path_rate=0.5), dict(drop_rate=0.5)])
 def test_each_dropout_is_honoured(kw):
     model = _randomize(_tiny(**kw)).train()
+    torch.manual_seed(0)  # two draws of drop-path over few blocks and 2 samples can coincide: seed, draw 4
     x = torch.randn(2, 3, 64, 64)
     a = model(x)
-    assert not torch.allclose(a, model(x))
+    assert not all(torch.allclose(a, model(x)) for _ in range(3))
 
 
 def test_grad_checkpointing_same_grads():
