@@ -364,6 +364,14 @@ def test_vit_attention_written_out_in_low_precision_cpu_training_only(monkeypatc
     fast.eval()
     _infer(fast, x)
     assert len(calls) == 2
+    calls.clear()
+    from zoo.accel import cpu_attn
+
+    monkeypatch.setattr(cpu_attn, "MAX_SCORES", 16)  # 17 tokens: over the bound, SDPA keeps the memory low
+    fast.train()
+    with torch.autocast(**BF16):
+        fast(x).float().sum().backward()
+    assert len(calls) == 2
 
 
 # ---- Swin: the mask cache and the explicit CPU training attention ----------------------------------

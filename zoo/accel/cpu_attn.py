@@ -45,6 +45,18 @@ def _low_precision_training(x: torch.Tensor) -> bool:
     return x.dtype in (torch.bfloat16, torch.float16)
 
 
+# Written out, training keeps the [B, heads, N, N_k] probabilities for backward (float32 under
+# autocast), where flash attention keeps none: above this many scores per head (e.g. ViT beyond
+# ~512 tokens) the memory costs more than the speed is worth, and SDPA runs.
+MAX_SCORES = 1 << 18
+
+
+def _sdpa_or_written_out(q, k, v, scale: float, p: float, training: bool) -> torch.Tensor:
+    if q.shape[-2] * k.shape[-2] > MAX_SCORES:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=p if training else 0.0, scale=scale)
+    return _attend((q @ k.transpose(-2, -1)) * scale, v, p, training)
+
+
 def _attend(attn: torch.Tensor, v: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     attn = attn.softmax(-1).to(v.dtype)  # autocast's softmax is float32; the product runs in v's dtype
     if training and p > 0:
@@ -74,7 +86,7 @@ class FastSpatialReductionAttention(SpatialReductionAttention):
             return super().forward(x, feat_size)
         B, N, C = x.shape
         q, k, v = self.qkv_heads(x, feat_size)  # B, heads, N (N_r), head_dim
-        x = _attend((q @ k.transpose(-2, -1)) * self.head_dim**-0.5, v, self.attn_drop, self.training)
+        x = _sdpa_or_written_out(q, k, v, self.head_dim**-0.5, self.attn_drop, self.training)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
 
@@ -88,6 +100,6 @@ class FastAttention(Attention):
         B, N, C = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3, B, heads, N, hd
         q, k, v = qkv.unbind(0)
-        x = _attend((q @ k.transpose(-2, -1)) * self.head_dim**-0.5, v, self.attn_drop, self.training)
+        x = _sdpa_or_written_out(q, k, v, self.head_dim**-0.5, self.attn_drop, self.training)
         x = x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)  # B, N, heads * hd
         return self.proj_drop(self.proj(x))
