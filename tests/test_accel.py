@@ -207,14 +207,16 @@ def test_cache_dropped_by_to_deepcopy_and_pickle(monkeypatch):
         assert m(x.double()).dtype == torch.float64
 
 
-@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("approximate", ["none", "tanh", "relu"])
 def test_fused_mlp_matches_and_fuses_exact_gelu_only(approximate, monkeypatch):
+    """fc1 + exact GELU (or ReLU) fused; the tanh GELU, which oneDNN's "gelu" would not reproduce, not."""
     calls = []
     if fused_linear._ONEDNN_LINEAR is not None:
         real = fused_linear._ONEDNN_LINEAR
         monkeypatch.setattr(fused_linear, "_ONEDNN_LINEAR", lambda *a: calls.append(a[3]) or real(*a))
     torch.manual_seed(0)
-    mlp = zoo.layers.Mlp(16, 32, act_layer=lambda: nn.GELU(approximate=approximate)).eval()
+    act = nn.ReLU if approximate == "relu" else lambda: nn.GELU(approximate=approximate)
+    mlp = zoo.layers.Mlp(16, 32, act_layer=act).eval()
     plain = copy.deepcopy(mlp)
     accel.apply(mlp)
     x = torch.randn(3, 16)
@@ -224,14 +226,15 @@ def test_fused_mlp_matches_and_fuses_exact_gelu_only(approximate, monkeypatch):
     with torch.inference_mode():
         y = mlp(x[None])
     torch.testing.assert_close(y[0], ref, rtol=1e-5, atol=1e-5)
-    if fused_linear._ONEDNN_LINEAR is not None:  # fp32 inference: fc1 + exact GELU fused, fc2 unfused
-        assert calls == (["gelu"] if approximate == "none" else [])
+    fused = {"none": "gelu", "relu": "relu"}.get(approximate)
+    if fused_linear._ONEDNN_LINEAR is not None:  # fp32 inference: fc1 + exact GELU / ReLU fused, fc2 unfused
+        assert calls == ([fused] if fused else [])
     calls.clear()
     y = _infer(mlp, x)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), ref, rtol=3e-2, atol=3e-2)
     if fused_linear._ONEDNN_LINEAR is not None:  # bf16 inference: both linears through oneDNN
-        assert calls == (["gelu", "none"] if approximate == "none" else ["none", "none"])
+        assert calls == [fused or "none", "none"]
 
 
 @pytest.mark.parametrize("approximate,extra_relu", [("none", False), ("none", True), ("tanh", False)])
@@ -240,10 +243,13 @@ def test_fused_conv_mlp_matches_and_fuses_in_inference_only(approximate, extra_r
     the plain ops under autograd, and an approximate GELU never fused."""
     from zoo.models.pvt_v2 import ConvMlp
 
-    calls = []
+    calls, gemms = [], []
     if fused_conv._ONEDNN_CONV is not None:
         real = fused_conv._ONEDNN_CONV
         monkeypatch.setattr(fused_conv, "_ONEDNN_CONV", lambda *a: calls.append(a[0].dtype) or real(*a))
+    if fused_linear._ONEDNN_LINEAR is not None:
+        real_gemm = fused_linear._ONEDNN_LINEAR
+        monkeypatch.setattr(fused_linear, "_ONEDNN_LINEAR", lambda *a: gemms.append(a[3]) or real_gemm(*a))
     torch.manual_seed(0)
     mlp = ConvMlp(8, 32, extra_relu=extra_relu).eval()
     mlp.act.approximate = approximate
@@ -253,17 +259,21 @@ def test_fused_conv_mlp_matches_and_fuses_in_inference_only(approximate, extra_r
     x, size = torch.randn(2, 5 * 6, 8), (5, 6)  # not square: the view to [B, C, H, W] must be right
     ref = plain(x, size)
     torch.testing.assert_close(mlp(x, size), ref)  # autograd on: the plain ops
-    assert calls == []
+    assert calls == gemms == []
     with torch.inference_mode():
         torch.testing.assert_close(mlp(x, size), ref, rtol=1e-5, atol=1e-5)
     want = [torch.float32] if approximate == "none" and fused_conv._ONEDNN_CONV is not None else []
     assert calls == want
-    calls.clear()
+    if fused_linear._ONEDNN_LINEAR is not None:  # fp32: only fc1 + ReLU goes to oneDNN (fc2 is addmm)
+        assert gemms == (["relu"] if extra_relu else [])
+    calls.clear(), gemms.clear()
     with torch.inference_mode(), torch.autocast(**BF16):
         y = mlp(x, size)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), ref, rtol=3e-2, atol=3e-2)
     assert calls == [torch.bfloat16 if d is torch.float32 else d for d in want]
+    if fused_linear._ONEDNN_LINEAR is not None:  # bf16: both linears, the ReLU fused into fc1
+        assert gemms == ["relu" if extra_relu else "none", "none"]
     accel.undo(mlp)
     assert type(mlp) is ConvMlp
 

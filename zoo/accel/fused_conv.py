@@ -7,7 +7,8 @@ the convolution. Measured when this was written (2 cores, ``[8, 512, 56, 56]``, 
 ``pvt_v2_b2`` at batch 8, conv then GELU / fused time): 1.74x in float32, 2.6x in bfloat16.
 
 :class:`FusedConvMlp` (twin of ``zoo.models.pvt_v2.ConvMlp``) does that in CPU inference (float32
-without autocast, or cached bfloat16 weights under autocast, ``zoo.accel.cast``); in training, under
+without autocast, or cached bfloat16 weights under autocast, ``zoo.accel.cast``), and the ``_li``
+variants' ``fc1 -> ReLU`` as one GEMM (``zoo.accel.fused_linear.linear_act``); in training, under
 autograd, on other devices and in ``torch.compile`` it is the plain module.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn as nn
 from ..models.pvt_v2 import ConvMlp
 from .cache import CacheOwner
 from .cast import cast_params
+from .fused_linear import linear_act
 from .swap import fast_twin
 
 __all__ = ["FusedConvMlp", "conv_act"]
@@ -53,11 +55,12 @@ def conv_act(conv: nn.Conv2d, x: torch.Tensor, act: nn.Module) -> torch.Tensor:
 
 @fast_twin(ConvMlp, "fused_mlp")
 class FusedConvMlp(ConvMlp):
-    """``zoo.models.pvt_v2.ConvMlp`` with its depthwise conv and GELU as one oneDNN call in CPU inference."""
+    """``zoo.models.pvt_v2.ConvMlp`` with fc1 (+ ReLU) and depthwise conv + GELU each one oneDNN call
+    in CPU inference."""
 
     def forward(self, x: torch.Tensor, feat_size: tuple[int, int]) -> torch.Tensor:
-        x = self.fc1(x)
+        x = linear_act(self.fc1, x, None if type(self.relu) is nn.Identity else self.relu)  # B, N, hidden
         B, N, C = x.shape
-        x = self.relu(x.view(B, *feat_size, C).permute(0, 3, 1, 2))  # B, hidden, H, W (a view)
+        x = x.view(B, *feat_size, C).permute(0, 3, 1, 2)  # B, hidden, H, W (a view)
         x = conv_act(self.dwconv, x, self.act).permute(0, 2, 3, 1).reshape(B, N, C)  # B, N, hidden
         return self.drop(self.fc2(self.drop(x)))
