@@ -11,11 +11,12 @@ One technique a file, each with the measurement behind it:
 ``cast``       cached low-precision Linear / Conv2d weights in autocast inference (``cast.py``),
                with the Linear's bias fused into a oneDNN GEMM (``fused_linear.py``)
 ``fused_mlp``  fc1 + GELU of ``zoo.layers.Mlp`` as one oneDNN call in CPU inference (``fused_linear.py``);
-               PVT v2's depthwise conv + GELU likewise (``fused_conv.py``)
+               PVT v2's depthwise conv + GELU, and its ``_li`` fc1 + ReLU, likewise (``fused_conv.py``)
 ``layout``     channels-last activations for convolutional networks on the CPU (``layout.py``)
 ``window_attn`` Swin's mask cache and its explicit CPU training attention (``window_attn.py``)
 ``cpu_attn``   attention written out where the CPU SDPA kernels are slow for the shape: XCiT's
-               channel attention, PVT v2's reduced attention in low-precision training (``cpu_attn.py``)
+               channel attention; PVT v2's reduced attention and ViT / DeiT attention in low-precision
+               training (``cpu_attn.py``)
 ``pos_embed``  ViT's resampled position table cached per grid (``pos_embed.py``)
 =============  ==================================================================================
 
