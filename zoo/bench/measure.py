@@ -1,7 +1,8 @@
 """Timing, memory and machine measurements: one step function per model, interleaved timing.
 
-All models of a comparison live in one process and are timed round-robin (A B A B ...), so
-noise from other work on the machine hits them alike; ratios are medians of per-round ratios.
+All models of a comparison live in one process and are timed round-robin (A B A B ...,
+each timed call after an untimed one of the same model), so noise from other work on the machine
+hits them alike; ratios are medians of per-round ratios.
 """
 from __future__ import annotations
 
@@ -136,13 +137,20 @@ def time_interleaved(
 ) -> list[list[float]]:
     """Seconds per step for each step function, measured round-robin.
 
+    Each round gives every step one untimed call and then ``iters`` timed calls, so every timed call
+    follows a call of the same step, as each step of a training loop or a server running one model
+    does. Right after another model's step a step pays for the memory state that step left behind
+    (on the CPU glibc unmaps large freed blocks and the next step page-faults its buffers in afresh:
+    ~6k faults for pvt_v2_b0's fp32 train step timed straight after timm's, none after its own), and
+    with a fixed order that cost fell on one model only.
+
     Returns:
-        ``times[i][r]``: mean seconds of one call of ``steps[i]`` in round ``r``
-        (each round runs ``iters`` calls of every step in turn).
+        ``times[i][r]``: mean seconds of one timed call of ``steps[i]`` in round ``r``.
     """
     times: list[list[float]] = [[] for _ in steps]
     for _ in range(repeats):
         for i, step in enumerate(steps):
+            step()  # untimed: settles the allocator (and caches) after the previous model
             sync(device)
             t0 = timer()
             for _ in range(iters):

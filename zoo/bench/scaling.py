@@ -10,7 +10,8 @@ MODELS are registry names, each optionally followed by ``:key=value,...`` archit
 
 Every model is built once (at its own ``img_size``; other sizes resample the position table and
 Linformer's projections) and all models run side by side in one process. For each input size and
-precision they are timed round-robin (A B C A B C ...): batch 1 (``--batch``), inference under
+precision they are timed round-robin, each timed call after an untimed one of the
+same model (A A B B C C ..., ``zoo.bench.measure.time_interleaved``): batch 1 (``--batch``), inference under
 ``torch.inference_mode``, ``--warmup`` calls first, latency the median of ``--repeats`` rounds.
 
 Memory is the peak of one forward above what the process held before it (weights excluded):
